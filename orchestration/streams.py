@@ -1,0 +1,44 @@
+"""The JetStream stream that holds every job's events, and small helpers over it."""
+
+from __future__ import annotations
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from schemas.events import JobEvent, event_decoder
+
+STREAM = "SWITCHYARD_JOBS"
+SUBJECT_PREFIX = "sy.jobs"
+
+
+def job_subject(job_id: str) -> str:
+    return f"{SUBJECT_PREFIX}.{job_id}"
+
+
+async def ensure_stream(js: JetStreamContext, max_age_s: float = 24 * 3600) -> None:
+    config = StreamConfig(
+        name=STREAM,
+        subjects=[f"{SUBJECT_PREFIX}.>"],
+        storage=StorageType.FILE,
+        max_age=max_age_s,
+        duplicate_window=120.0,
+        discard=DiscardPolicy.OLD,
+        allow_direct=True,
+    )
+    try:
+        await js.add_stream(config)
+    except Exception:
+        await js.update_stream(config)
+
+
+async def last_event(js: JetStreamContext, job_id: str) -> JobEvent | None:
+    try:
+        msg = await js.get_last_msg(STREAM, job_subject(job_id), direct=True)
+    except NotFoundError:
+        return None
+    try:
+        return event_decoder.decode(msg.data)
+    except msgspec.DecodeError:
+        return None

@@ -1,0 +1,61 @@
+"""Worker entry point: one Temporal worker per task queue this process serves."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import timedelta
+
+import nats
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from adapters.registry import build_adapter
+from orchestration.activities import InferenceActivities
+from orchestration.converter import data_converter
+from orchestration.streams import ensure_stream
+from orchestration.workflows import InferenceWorkflow
+from schemas.catalog import Catalog
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    temporal_address: str
+    namespace: str
+    nats_url: str
+    queues: tuple[str, ...]
+    coalesce_s: float = 0.005
+
+
+async def connect_temporal(address: str, namespace: str) -> Client:
+    return await Client.connect(address, namespace=namespace, data_converter=data_converter)
+
+
+async def run_worker(config: WorkerConfig, catalog: Catalog, stop: asyncio.Event) -> None:
+    queues = config.queues or tuple(catalog.task_queues())
+    models = [m for m in catalog.models if m.task_queue in queues]
+    if not models:
+        raise SystemExit(f"no catalog model uses any of the queues {', '.join(queues)}")
+    client = await connect_temporal(config.temporal_address, config.namespace)
+    nc = await nats.connect(config.nats_url, name="switchyard-worker", max_reconnect_attempts=-1)
+    js = nc.jetstream(publish_async_max_pending=16384)
+    await ensure_stream(js)
+    adapters = {m.id: build_adapter(m.engine) for m in models}
+    activities = InferenceActivities(js, adapters, coalesce_s=config.coalesce_s)
+    async with AsyncExitStack() as stack:
+        for queue in queues:
+            slots = sum(m.max_concurrency for m in models if m.task_queue == queue) or 1
+            worker = Worker(
+                client,
+                task_queue=queue,
+                workflows=[InferenceWorkflow],
+                activities=[activities.inference, activities.publish_failure],
+                max_concurrent_activities=slots + 4,
+                graceful_shutdown_timeout=timedelta(seconds=5),
+            )
+            await stack.enter_async_context(worker)
+        await stop.wait()
+    for adapter in adapters.values():
+        await adapter.aclose()
+    await nc.drain()

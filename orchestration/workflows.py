@@ -1,0 +1,67 @@
+"""The inference workflow. Deterministic: no I/O, no clock, no randomness; the sandbox stays on."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from schemas.jobs import FailureNotice, InferenceSummary, WorkflowInput
+    from schemas.openai import ErrorBody
+
+INFERENCE_WORKFLOW = "InferenceWorkflow"
+NON_RETRYABLE = ["StreamInterrupted", "NoAdapter"]
+
+
+@workflow.defn(name=INFERENCE_WORKFLOW)
+class InferenceWorkflow:
+    @workflow.run
+    async def run(self, inp: WorkflowInput) -> InferenceSummary:
+        t, r = inp.timeouts, inp.retry
+        try:
+            return await workflow.execute_activity(
+                "inference",
+                inp.inference,
+                task_queue=inp.task_queue,
+                result_type=InferenceSummary,
+                schedule_to_start_timeout=timedelta(seconds=t.schedule_to_start_s),
+                start_to_close_timeout=timedelta(seconds=t.start_to_close_s),
+                heartbeat_timeout=timedelta(seconds=t.heartbeat_s),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=r.initial_interval_s),
+                    backoff_coefficient=r.backoff,
+                    maximum_interval=timedelta(seconds=r.maximum_interval_s),
+                    maximum_attempts=r.maximum_attempts,
+                    non_retryable_error_types=NON_RETRYABLE,
+                ),
+            )
+        except ActivityError as err:
+            notice = failure_notice(inp.inference.job_id, err)
+            await workflow.execute_activity(
+                "publish_failure",
+                notice,
+                task_queue=inp.task_queue,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)),
+            )
+            raise ApplicationError(notice.error.message, notice.status, notice.error.code,
+                                   type="JobFailed", non_retryable=True) from None
+
+
+def failure_notice(job_id: str, err: ActivityError) -> FailureNotice:
+    cause = err.cause
+    if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], dict):
+        d = cause.details[0]
+        return FailureNotice(job_id=job_id, status=int(d.get("status") or 500),
+                             error=ErrorBody(message=cause.message, type=d.get("type") or "server_error",
+                                             param=d.get("param"), code=d.get("code")))
+    if cause is not None and type(cause).__name__ == "TimeoutError":
+        return FailureNotice(job_id=job_id, status=503,
+                             error=ErrorBody(message="no engine capacity answered in time",
+                                             type="server_error", code="engine_timeout"))
+    message = cause.message if isinstance(cause, ApplicationError) else "inference failed"
+    return FailureNotice(job_id=job_id, status=500,
+                         error=ErrorBody(message=message, type="server_error", code="internal_error"))

@@ -1,0 +1,1 @@
+"""The HTTP face of Switchyard: auth, validation, workflow starts, event relay."""

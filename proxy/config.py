@@ -1,0 +1,40 @@
+"""Proxy settings, read once from the environment into a frozen struct."""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+
+
+class ProxySettings(msgspec.Struct, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    temporal_address: str = "127.0.0.1:7233"
+    namespace: str = "default"
+    nats_url: str = "nats://127.0.0.1:4222"
+    catalog_path: str = "model_catalog.yaml"
+    api_keys: tuple[str, ...] = ()
+    max_body_bytes: int = 4 * 1024 * 1024
+    keepalive_s: float = 15.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "ProxySettings":
+        e = os.environ if env is None else env
+        keys = tuple(k.strip() for k in e.get("SWITCHYARD_API_KEYS", "").split(",") if k.strip())
+        demo = e.get("SWITCHYARD_DEMO_KEY", "").strip()
+        if demo:
+            keys = (demo, *keys)
+        return cls(
+            host=e.get("SWITCHYARD_HOST", "127.0.0.1"),
+            port=int(e.get("SWITCHYARD_PORT", "8000")),
+            temporal_address=e.get("SWITCHYARD_TEMPORAL_ADDRESS", "127.0.0.1:7233"),
+            namespace=e.get("SWITCHYARD_TEMPORAL_NAMESPACE", "default"),
+            nats_url=e.get("SWITCHYARD_NATS_URL", "nats://127.0.0.1:4222"),
+            catalog_path=e.get("SWITCHYARD_CATALOG", "model_catalog.yaml"),
+            api_keys=keys,
+            max_body_bytes=int(e.get("SWITCHYARD_MAX_BODY_BYTES", str(4 * 1024 * 1024))),
+            keepalive_s=float(e.get("SWITCHYARD_KEEPALIVE_S", "15")),
+            log_level=e.get("SWITCHYARD_LOG_LEVEL", "INFO"),
+        )

@@ -1,0 +1,96 @@
+"""Typed API errors and their one mapping to OpenAI's error envelope."""
+
+from __future__ import annotations
+
+import msgspec
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from schemas.openai import ErrorBody, ErrorEnvelope
+
+_encoder = msgspec.json.Encoder()
+
+
+class APIError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 status: int | None = None, type: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if type is not None:
+            self.type = type
+        self.headers = headers or {}
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(message=self.message, type=self.type, param=self.param, code=self.code)
+
+
+class InvalidRequest(APIError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(APIError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFound(APIError):
+    status = 404
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(APIError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class ServiceUnavailable(APIError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+def envelope_bytes(body: ErrorBody) -> bytes:
+    return _encoder.encode(ErrorEnvelope(error=body))
+
+
+def error_response(exc: APIError) -> Response:
+    return Response(envelope_bytes(exc.body()), status_code=exc.status,
+                    media_type="application/json", headers=exc.headers)
+
+
+async def handle_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return error_response(exc)
+
+
+_HTTP_TYPES = {404: ("invalid_request_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed")}
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    type_, code = _HTTP_TYPES.get(exc.status_code, ("invalid_request_error", None))
+    message = f"Unknown request URL: {request.method} {request.url.path}." if exc.status_code == 404 else str(exc.detail)
+    return error_response(APIError(message, status=exc.status_code, type=type_, code=code,
+                                   headers=dict(exc.headers or {})))
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    import structlog
+
+    structlog.get_logger("switchyard.proxy").error("unhandled_error", error_type=type(exc).__name__)
+    return error_response(APIError("The server had an error while processing your request.",
+                                   code="internal_error"))

@@ -1,0 +1,87 @@
+"""Pure ASGI middleware: request ids and access logs, then API-key authentication."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from proxy.auth import KeyRing, bearer_token
+from proxy.errors import Unauthorized, envelope_bytes
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+log = structlog.get_logger("switchyard.proxy")
+
+
+class RequestIdMiddleware:
+    """Gives every request an `x-request-id` (the client's if well-formed) and logs one access line."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and _SAFE_ID.match(incoming) else f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            state = scope.get("state", {})
+            log.info("request", method=scope["method"], path=scope["path"], status=status,
+                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                     job_id=state.get("job_id"), model=state.get("model"), tenant=state.get("tenant"))
+            structlog.contextvars.clear_contextvars()
+
+
+class AuthMiddleware:
+    """Requires a valid bearer key on /v1/*; answers 401 in OpenAI's envelope otherwise."""
+
+    def __init__(self, app: ASGIApp, keys: KeyRing):
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        token = bearer_token(_header(scope, b"authorization") or "")
+        principal = self.keys.verify(token) if token else None
+        if principal is None:
+            message = ("You didn't provide an API key. Pass it as 'Authorization: Bearer <key>'."
+                       if token is None else "Incorrect API key provided.")
+            err = Unauthorized(message)
+            body = envelope_bytes(err.body())
+            await send({"type": "http.response.start", "status": 401,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode()),
+                                    (b"www-authenticate", b'Bearer realm="switchyard"')]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        state = scope.setdefault("state", {})
+        state["principal"] = principal
+        state["tenant"] = principal.tenant
+        await self.app(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None

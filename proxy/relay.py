@@ -1,0 +1,63 @@
+"""Reads one job's events from JetStream, in order, without gaps or duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
+from orchestration.streams import STREAM, job_subject
+from schemas.events import JobEvent, event_decoder
+
+
+class EventFeed:
+    def __init__(self, sub, after_seq: int = 0):
+        self._sub = sub
+        self.last_seq = after_seq
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, job_id: str, after_seq: int = 0) -> "EventFeed":
+        sub = await js.subscribe(job_subject(job_id), stream=STREAM, ordered_consumer=True,
+                                 deliver_policy=DeliverPolicy.ALL, inactive_threshold=300.0)
+        return cls(sub, after_seq)
+
+    async def next_batch(self, timeout: float) -> list[JobEvent]:
+        """Events that arrived since the last call (at least one); TimeoutError when idle."""
+        msg = await self._sub.next_msg(timeout=timeout)
+        msgs = [msg]
+        while self._sub.pending_msgs:
+            msgs.append(await self._sub.next_msg(timeout=None))
+        events: list[JobEvent] = []
+        for m in msgs:
+            try:
+                event = event_decoder.decode(m.data)
+            except msgspec.DecodeError:
+                continue
+            if event.seq <= self.last_seq:
+                continue
+            self.last_seq = event.seq
+            events.append(event)
+        return events
+
+    async def close(self) -> None:
+        try:
+            await self._sub.unsubscribe()
+        except Exception:
+            pass
+
+
+async def first_batch(feed: EventFeed, deadline_s: float) -> list[JobEvent]:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while True:
+        remaining = end - loop.time()
+        if remaining <= 0:
+            raise asyncio.TimeoutError
+        try:
+            batch = await feed.next_batch(timeout=remaining)
+        except TimeoutError:
+            raise asyncio.TimeoutError from None
+        if batch:
+            return batch

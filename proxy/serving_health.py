@@ -1,0 +1,32 @@
+"""/healthz (liveness only) and /readyz (Temporal and NATS reachable)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from proxy.runtime import Runtime
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    rt: Runtime = request.app.state.runtime
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(rt.temporal.service_client.check_health(), 2.0)
+        checks["temporal"] = "ok"
+    except Exception as exc:
+        checks["temporal"] = f"failed: {type(exc).__name__}"
+    try:
+        await asyncio.wait_for(rt.js.account_info(), 2.0)
+        checks["nats"] = "ok"
+    except Exception as exc:
+        checks["nats"] = f"failed: {type(exc).__name__}"
+    failed = [k for k, v in checks.items() if v != "ok"]
+    return JSONResponse({"status": "ready" if not failed else "not_ready", "checks": checks,
+                         "failed": failed}, status_code=200 if not failed else 503)

@@ -1,0 +1,58 @@
+"""Server-sent events: framing and a streaming ASGI response that survives client disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+from starlette.types import Receive, Scope, Send
+
+KEEPALIVE = b": keep-alive\n\n"
+DONE = b"data: [DONE]\n\n"
+
+
+def frame(data: bytes, event_id: int | None = None) -> bytes:
+    if event_id is None:
+        return b"data: " + data + b"\n\n"
+    return b"id: " + str(event_id).encode() + b"\ndata: " + data + b"\n\n"
+
+
+class SSEResponse:
+    """Streams `body` as text/event-stream. A client that goes away stops the relay, never the job."""
+
+    def __init__(self, body: AsyncIterator[bytes], headers: dict[str, str], on_close=None):
+        self.body = body
+        self.headers = headers
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
+                   (b"cache-control", b"no-cache"),
+                   (b"x-accel-buffering", b"no")]
+        headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        disconnected = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            async for chunk in self.body:
+                if disconnected.done():
+                    break
+                try:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except OSError:
+                    break
+            else:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            disconnected.cancel()
+            aclose = getattr(self.body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            if self.on_close is not None:
+                await self.on_close()
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

