@@ -12,6 +12,8 @@ import msgspec
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
+from temporalio.api.enums.v1.workflow_pb2 import PENDING_ACTIVITY_STATE_STARTED
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.common import WorkflowIDReusePolicy
 
 from orchestration.workflows import INFERENCE_WORKFLOW
@@ -92,10 +94,10 @@ async def chat_completions(request: Request) -> Response:
     feed, _ = await asyncio.gather(EventFeed.open(rt.js, job_id), _start(rt, inp, model))
     headers = {"x-job-id": job_id}
     try:
-        batch = await first_batch(feed, model.timeouts.schedule_to_start_s)
+        batch = await _first_events(rt, feed, job_id, model)
     except asyncio.TimeoutError:
         await feed.close()
-        await _cancel_quietly(rt, job_id)
+        await _terminate_quietly(rt, job_id, "no worker picked up the job in time")
         raise ServiceUnavailable("No worker picked up the request in time; please retry.",
                                  code="no_capacity", headers=headers) from None
     except BaseException:
@@ -131,9 +133,32 @@ async def _start(rt: Runtime, inp: WorkflowInput, model: ModelEntry) -> None:
                                  code="orchestrator_unavailable") from None
 
 
-async def _cancel_quietly(rt: Runtime, job_id: str) -> None:
+async def _first_events(rt: Runtime, feed: EventFeed, job_id: str, model: ModelEntry) -> list[JobEvent]:
+    """Waits for the job's first event. Past the queue deadline, keeps waiting only while a worker
+    holds the job (a long prompt's prefill, a retry's backoff); a job nobody picked up times out."""
+    t = model.timeouts
     try:
-        await rt.temporal.get_workflow_handle(job_id).cancel()
+        return await first_batch(feed, t.schedule_to_start_s)
+    except asyncio.TimeoutError:
+        if not await _job_is_moving(rt, job_id):
+            raise
+    return await first_batch(feed, t.start_to_close_s * model.retry.maximum_attempts)
+
+
+async def _job_is_moving(rt: Runtime, job_id: str) -> bool:
+    try:
+        desc = await rt.temporal.get_workflow_handle(job_id).describe()
+    except Exception:
+        return False
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        return True  # it ended: its final event is on the way
+    return any(pa.state == PENDING_ACTIVITY_STATE_STARTED or pa.attempt > 1
+               for pa in desc.raw_description.pending_activities)
+
+
+async def _terminate_quietly(rt: Runtime, job_id: str, reason: str) -> None:
+    try:
+        await rt.temporal.get_workflow_handle(job_id).terminate(reason=reason)
     except Exception:
         pass
 

@@ -66,6 +66,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         "SWITCHYARD_DEMO_KEY": key,
         "SWITCHYARD_KEEPALIVE_S": "1",
         "SWITCHYARD_LOG_LEVEL": "DEBUG",
+        "SWITCHYARD_QUEUES": "gpu.test",
     }
     try:
         started.append(start_temporal(ports["temporal"], base / "temporal.db", log_dir))

@@ -150,3 +150,14 @@ def test_every_response_has_a_request_id(stack: Stack, http: httpx.Client):
     assert httpx.get(stack.proxy_url + "/healthz").headers["x-request-id"]
     bad = http.get("/v1/models", headers={"x-request-id": "bad id\twith spaces"})
     assert bad.headers["x-request-id"].startswith("req_")
+
+
+async def test_no_worker_for_the_queue_is_503_not_a_hang(client: openai.OpenAI, temporal):
+    from temporalio.client import WorkflowExecutionStatus
+
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.with_raw_response.create(model="orphan", messages=HELLO)
+    assert info.value.status_code == 503 and info.value.code == "no_capacity"
+    job_id = info.value.response.headers["x-job-id"]
+    desc = await temporal.get_workflow_handle(job_id).describe()
+    assert desc.status == WorkflowExecutionStatus.TERMINATED  # no ghost job runs after the client got 503
