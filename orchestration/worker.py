@@ -51,7 +51,7 @@ async def run_worker(config: WorkerConfig, catalog: Catalog, stop: asyncio.Event
                 task_queue=queue,
                 workflows=[InferenceWorkflow],
                 activities=[activities.inference, activities.publish_failure],
-                max_concurrent_activities=slots + 4,
+                max_concurrent_activities=slots,  # backpressure by pull: never more than the engine's slots
                 graceful_shutdown_timeout=timedelta(seconds=5),
             )
             await stack.enter_async_context(worker)

@@ -40,10 +40,11 @@ class InferenceWorkflow:
             )
         except ActivityError as err:
             notice = failure_notice(inp.inference.job_id, err)
-            await workflow.execute_activity(
+            # A local activity: it runs on the worker that holds this workflow, taking none of the
+            # engine's activity slots.
+            await workflow.execute_local_activity(
                 "publish_failure",
                 notice,
-                task_queue=inp.task_queue,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)),
             )

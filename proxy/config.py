@@ -17,6 +17,7 @@ class ProxySettings(msgspec.Struct, frozen=True):
     api_keys: tuple[str, ...] = ()
     max_body_bytes: int = 4 * 1024 * 1024
     keepalive_s: float = 15.0
+    header_wait_s: float = 5.0
     log_level: str = "INFO"
 
     @classmethod
@@ -36,5 +37,6 @@ class ProxySettings(msgspec.Struct, frozen=True):
             api_keys=keys,
             max_body_bytes=int(e.get("SWITCHYARD_MAX_BODY_BYTES", str(4 * 1024 * 1024))),
             keepalive_s=float(e.get("SWITCHYARD_KEEPALIVE_S", "15")),
+            header_wait_s=float(e.get("SWITCHYARD_HEADER_WAIT_S", "5")),
             log_level=e.get("SWITCHYARD_LOG_LEVEL", "INFO"),
         )

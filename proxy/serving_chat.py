@@ -32,6 +32,7 @@ from schemas.openai import (
     Choice,
     ChunkChoice,
     ChunkDelta,
+    ErrorBody,
     ResponseMessage,
 )
 
@@ -91,16 +92,25 @@ async def chat_completions(request: Request) -> Response:
                                  body=body, created=created, include_usage=include_usage),
         task_queue=model.task_queue, timeouts=model.timeouts, retry=model.retry)
 
-    feed, _ = await asyncio.gather(EventFeed.open(rt.js, job_id), _start(rt, inp, model))
+    feed = await _open_and_start(rt, inp, model)
     headers = {"x-job-id": job_id}
+    chunks = ChunkWriter(job_id, model.id, created, include_usage)
+    first = asyncio.ensure_future(_first_events(rt, feed, job_id, model))
+    if req.stream:
+        # Hold the status line briefly so early failures get their real HTTP status; then commit
+        # 200 and keep the client company with keep-alives while the job waits for capacity.
+        done, _ = await asyncio.wait({first}, timeout=rt.settings.header_wait_s)
+        if not done:
+            return SSEResponse(_late_stream(rt, feed, first, chunks, rt.settings.keepalive_s),
+                               headers, on_close=feed.close)
     try:
-        batch = await _first_events(rt, feed, job_id, model)
+        batch = await first
     except asyncio.TimeoutError:
         await feed.close()
         await _terminate_quietly(rt, job_id, "no worker picked up the job in time")
-        raise ServiceUnavailable("No worker picked up the request in time; please retry.",
-                                 code="no_capacity", headers=headers) from None
+        raise ServiceUnavailable(NO_CAPACITY, code="no_capacity", headers=headers) from None
     except BaseException:
+        first.cancel()
         await feed.close()
         raise
     if isinstance(batch[0], Failed):
@@ -109,7 +119,6 @@ async def chat_completions(request: Request) -> Response:
         raise APIError(err.error.message, status=err.status, type=err.error.type,
                        param=err.error.param, code=err.error.code, headers=headers)
 
-    chunks = ChunkWriter(job_id, model.id, created, include_usage)
     if req.stream:
         return SSEResponse(_stream(feed, batch, chunks, rt.settings.keepalive_s), headers,
                            on_close=feed.close)
@@ -117,6 +126,45 @@ async def chat_completions(request: Request) -> Response:
         return await _collect(feed, batch, chunks, headers)
     finally:
         await feed.close()
+
+
+NO_CAPACITY = "No worker picked up the request in time; please retry."
+
+
+async def _open_and_start(rt: Runtime, inp: WorkflowInput, model: ModelEntry) -> EventFeed:
+    opening = asyncio.ensure_future(EventFeed.open(rt.js, inp.inference.job_id))
+    try:
+        await _start(rt, inp, model)
+    except BaseException:
+        opening.cancel()
+        if opening.done() and not opening.cancelled() and opening.exception() is None:
+            await opening.result().close()
+        raise
+    try:
+        return await opening
+    except Exception as exc:
+        log.error("event_feed_failed", error_type=type(exc).__name__)
+        raise ServiceUnavailable("The event stream is unavailable; please retry.",
+                                 code="events_unavailable") from None
+
+
+async def _late_stream(rt: Runtime, feed: EventFeed, first: asyncio.Future, chunks: "ChunkWriter",
+                       keepalive_s: float) -> AsyncIterator[bytes]:
+    try:
+        while not first.done():
+            yield KEEPALIVE
+            await asyncio.wait({first}, timeout=keepalive_s)
+        batch = first.result()
+    except asyncio.TimeoutError:
+        await _terminate_quietly(rt, chunks.job_id, "no worker picked up the job in time")
+        yield frame(envelope_bytes(ErrorBody(message=NO_CAPACITY, type="server_error",
+                                             code="no_capacity"))) + DONE
+        return
+    finally:
+        if not first.done():
+            first.cancel()
+    async for out in _stream(feed, batch, chunks, keepalive_s):
+        yield out
 
 
 async def _start(rt: Runtime, inp: WorkflowInput, model: ModelEntry) -> None:

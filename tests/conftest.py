@@ -65,6 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         "SWITCHYARD_PORT": str(ports["proxy"]),
         "SWITCHYARD_DEMO_KEY": key,
         "SWITCHYARD_KEEPALIVE_S": "1",
+        "SWITCHYARD_HEADER_WAIT_S": "4",
         "SWITCHYARD_LOG_LEVEL": "DEBUG",
         "SWITCHYARD_QUEUES": "gpu.test",
     }

@@ -161,3 +161,18 @@ async def test_no_worker_for_the_queue_is_503_not_a_hang(client: openai.OpenAI, 
     job_id = info.value.response.headers["x-job-id"]
     desc = await temporal.get_workflow_handle(job_id).describe()
     assert desc.status == WorkflowExecutionStatus.TERMINATED  # no ghost job runs after the client got 503
+
+
+def test_stream_waiting_for_capacity_gets_keepalives_then_in_band_error(stack: Stack):
+    with httpx.Client(timeout=30) as h, h.stream(
+            "POST", stack.proxy_url + "/v1/chat/completions",
+            headers={"authorization": f"Bearer {stack.key}"},
+            json={"model": "orphan", "stream": True, "messages": HELLO}) as r:
+        assert r.status_code == 200  # committed after the header wait, before capacity was known
+        lines = [line for line in r.iter_lines() if line]
+    assert ": keep-alive" in lines
+    import json
+
+    data = [line[6:] for line in lines if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    assert json.loads(data[-2])["error"]["code"] == "no_capacity"
