@@ -70,7 +70,7 @@ def _error_message(text: str) -> str:
 
 
 class OpenAIProtocolAdapter:
-    capabilities = frozenset({"chat"})
+    capabilities = frozenset({"chat", "prefix_continuation"})
 
     def __init__(self, spec: EngineSpec, client: httpx.AsyncClient | None = None):
         self._spec = spec

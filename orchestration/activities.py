@@ -1,4 +1,4 @@
-"""Activities: the inference call on the model's GPU queue, and ending a failed job's stream."""
+"""Activities: the inference call on the model's GPU queue, and ending a job's event stream."""
 
 from __future__ import annotations
 
@@ -10,14 +10,17 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from adapters.base import EngineError, InferenceAdapter
+from orchestration.cancels import CancelRegistry
+from orchestration.continuation import Delivered, PrefixEchoStripper, continuation_body, delivered
 from orchestration.publisher import EventPublisher
-from orchestration.streams import last_event
-from schemas.events import Delta, Failed
-from schemas.jobs import FailureNotice, InferenceInput, InferenceSummary
+from orchestration.streams import last_event, read_events
+from schemas.events import Finished, is_terminal
+from schemas.jobs import InferenceInput, InferenceSummary, TerminalNotice
 from schemas.openai import Usage
 
 ENGINE_ERROR = "EngineError"
-STREAM_INTERRUPTED = "StreamInterrupted"
+JOB_CANCELLED = "JobCancelled"
+JOB_ENDED = "JobEnded"
 
 
 def engine_failure(exc: EngineError) -> ApplicationError:
@@ -27,11 +30,11 @@ def engine_failure(exc: EngineError) -> ApplicationError:
 
 class InferenceActivities:
     def __init__(self, js: JetStreamContext, adapters: Mapping[str, InferenceAdapter],
-                 coalesce_s: float = 0.005, heartbeat_every_s: float = 2.0):
+                 cancels: CancelRegistry | None = None, coalesce_s: float = 0.005):
         self._js = js
         self._adapters = adapters
+        self._cancels = cancels or CancelRegistry()
         self._coalesce_s = coalesce_s
-        self._heartbeat_every_s = heartbeat_every_s
 
     @activity.defn(name="inference")
     async def inference(self, inp: InferenceInput) -> InferenceSummary:
@@ -39,58 +42,103 @@ class InferenceActivities:
         adapter = self._adapters.get(inp.model)
         if adapter is None:
             raise ApplicationError(f"this worker serves no model {inp.model!r}", type="NoAdapter")
-        first_seq = 0
+        prior = Delivered()
         if info.attempt > 1:
-            previous = await last_event(self._js, inp.job_id)
-            first_seq = previous.seq if previous else 0
-            if isinstance(previous, Delta) or first_seq > 0:
-                # Output already reached the client; restarting would duplicate text.
-                raise ApplicationError("the engine stream broke after output was delivered",
-                                       {"status": 502, "type": "server_error",
-                                        "code": "stream_interrupted", "param": None},
-                                       type=STREAM_INTERRUPTED, non_retryable=True)
-        progress = {"seq": first_seq}
-        publisher = EventPublisher(self._js, inp.job_id, info.attempt, first_seq, self._coalesce_s,
-                                   on_flush=lambda seq: progress.__setitem__("seq", seq))
-        heartbeat = asyncio.ensure_future(self._heartbeat(progress))
-        usage = Usage()
-        finish_reason: str | None = None
-        model = inp.model
+            events = await read_events(self._js, inp.job_id)
+            ended = next((e for e in events if is_terminal(e)), None)
+            if isinstance(ended, Finished):  # the last attempt finished but died before reporting
+                return InferenceSummary(finish_reason=ended.finish_reason, usage=ended.usage,
+                                        last_seq=ended.seq, attempt=info.attempt)
+            if ended is not None:
+                raise ApplicationError("the job already ended", type=JOB_ENDED, non_retryable=True)
+            prior = delivered(events)
+        publisher = EventPublisher(self._js, inp.job_id, info.attempt, prior.last_seq, self._coalesce_s)
+        body, stripper = inp.body, None
+        if prior.text or prior.reasoning or prior.tool_calls:
+            if prior.reasoning or prior.tool_calls or "prefix_continuation" not in adapter.capabilities:
+                await publisher.restarted("the engine cannot continue the delivered output; it starts over")
+                prior = Delivered(last_seq=publisher.seq)
+            else:
+                body = continuation_body(body, prior.text, prior.tokens)
+                stripper = PrefixEchoStripper(prior.text)
+        await publisher.started(resumed_from=prior.last_seq if prior.text else 0)
+
+        cancelled = self._cancels.register(inp.job_id)
+        run = asyncio.ensure_future(self._generate(adapter, body, publisher, stripper))
+        heartbeat = asyncio.ensure_future(self._heartbeat(publisher, info.heartbeat_timeout))
+        stop = asyncio.ensure_future(cancelled.wait())
         try:
-            async for piece in adapter.stream_chat(inp.body):
-                if piece.content or piece.reasoning or (piece.role and not piece.tool_calls):
-                    await publisher.add_text(piece.content, piece.reasoning, piece.role)
-                if piece.tool_calls:
-                    await publisher.add_tool_calls(piece.tool_calls)
-                if piece.finish_reason:
-                    finish_reason = piece.finish_reason
-                if piece.usage is not None:
-                    usage = piece.usage
+            await asyncio.wait({run, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not run.done():
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+                await publisher.cancelled("cancelled by the client")
+                raise ApplicationError("the job was cancelled", type=JOB_CANCELLED, non_retryable=True)
+            finish_reason, usage = run.result()
+        except asyncio.CancelledError:  # Temporal delivered the cancellation
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            await publisher.cancelled("cancelled by the client")
+            raise
         except EngineError as exc:
             await publisher.close()
-            if publisher.deltas_published and exc.retryable:
-                raise ApplicationError(exc.message, {"status": 502, "type": "server_error",
-                                                     "code": "stream_interrupted", "param": None},
-                                       type=STREAM_INTERRUPTED, non_retryable=True) from None
             raise engine_failure(exc) from None
         finally:
-            heartbeat.cancel()
+            for task in (heartbeat, stop):
+                task.cancel()
+            self._cancels.unregister(inp.job_id)
+        if prior.tokens:
+            usage = Usage(prompt_tokens=max(0, usage.prompt_tokens - prior.tokens),
+                          completion_tokens=usage.completion_tokens + prior.tokens,
+                          total_tokens=usage.total_tokens)
         last_seq = await publisher.finish({"finish_reason": finish_reason, "usage": usage,
-                                           "model": model, "created": inp.created})
+                                           "model": inp.model, "created": inp.created})
         return InferenceSummary(finish_reason=finish_reason, usage=usage, last_seq=last_seq,
                                 attempt=info.attempt)
 
-    async def _heartbeat(self, progress: dict[str, int]) -> None:
-        while True:
-            activity.heartbeat(progress["seq"])
-            await asyncio.sleep(self._heartbeat_every_s)
+    async def _generate(self, adapter: InferenceAdapter, body: dict, publisher: EventPublisher,
+                        stripper: PrefixEchoStripper | None) -> tuple[str | None, Usage]:
+        usage = Usage()
+        finish_reason: str | None = None
+        async for piece in adapter.stream_chat(body):
+            content = piece.content
+            if stripper is not None and content:
+                content = stripper.feed(content)
+            if content or piece.reasoning or (piece.role and not piece.tool_calls):
+                await publisher.add_text(content, piece.reasoning, piece.role)
+            if piece.tool_calls:
+                await publisher.add_tool_calls(piece.tool_calls)
+            if piece.finish_reason:
+                finish_reason = piece.finish_reason
+            if piece.usage is not None:
+                usage = piece.usage
+        if stripper is not None:
+            rest = stripper.flush()
+            if rest:
+                await publisher.add_text(rest)
+        return finish_reason, usage
 
-    @activity.defn(name="publish_failure")
-    async def publish_failure(self, notice: FailureNotice) -> int:
-        previous = await last_event(self._js, notice.job_id)
-        first_seq = previous.seq if previous else 0
-        if isinstance(previous, Failed):
-            return first_seq
-        publisher = EventPublisher(self._js, notice.job_id, 0, first_seq)
+    async def _heartbeat(self, publisher: EventPublisher, timeout) -> None:
+        every = max(0.5, timeout.total_seconds() / 4) if timeout else 2.0
+        while True:
+            activity.heartbeat(publisher.seq)
+            await asyncio.sleep(every)
+
+    @activity.defn(name="publish_terminal")
+    async def publish_terminal(self, notice: TerminalNotice) -> int:
+        """Ends a job's stream unless it already ended. For a cancellation, the running attempt
+        usually publishes its own terminal event first; this waits briefly for it."""
+        deadline = asyncio.get_running_loop().time() + (1.5 if notice.kind == "cancelled" else 0)
+        while True:
+            previous = await last_event(self._js, notice.job_id)
+            if previous is not None and is_terminal(previous):
+                return previous.seq
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+        publisher = EventPublisher(self._js, notice.job_id, 0, previous.seq if previous else 0)
+        if notice.kind == "cancelled":
+            return await publisher.cancelled(notice.error.message if notice.error else "cancelled")
+        assert notice.error is not None
         return await publisher.fail(notice.status, notice.error)
 

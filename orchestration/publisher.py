@@ -12,7 +12,19 @@ from typing import Any, Callable
 from nats.js import JetStreamContext
 
 from orchestration.streams import job_subject
-from schemas.events import Delta, Failed, Finished, JobEvent, event_encoder, msg_id
+from schemas.events import (
+    Cancelled,
+    Delta,
+    Failed,
+    Finished,
+    JobEvent,
+    Restarted,
+    Started,
+    event_encoder,
+    is_terminal,
+    msg_id,
+    terminal_msg_id,
+)
 
 
 class EventPublisher:
@@ -28,6 +40,7 @@ class EventPublisher:
         self._content: list[str] = []
         self._reasoning: list[str] = []
         self._role: str | None = None
+        self._tokens = 0
         self._timer: asyncio.TimerHandle | None = None
         self._acks: list[asyncio.Future[Any]] = []
         self._lock = asyncio.Lock()
@@ -37,7 +50,17 @@ class EventPublisher:
     def seq(self) -> int:
         return self._seq
 
+    async def started(self, resumed_from: int) -> None:
+        async with self._lock:
+            await self._publish(Started(seq=self._next(), attempt=self._attempt, resumed_from=resumed_from))
+
+    async def restarted(self, reason: str) -> None:
+        async with self._lock:
+            await self._publish(Restarted(seq=self._next(), attempt=self._attempt, reason=reason))
+
     async def add_text(self, content: str, reasoning: str = "", role: str | None = None) -> None:
+        if content or reasoning:
+            self._tokens += 1
         if content:
             self._content.append(content)
         if reasoning:
@@ -55,7 +78,7 @@ class EventPublisher:
     async def add_tool_calls(self, tool_calls: list[dict[str, Any]]) -> None:
         await self.flush()
         async with self._lock:
-            await self._publish(Delta(seq=self._next(), attempt=self._attempt,
+            await self._publish(Delta(seq=self._next(), attempt=self._attempt, tokens=1,
                                       tool_calls=tool_calls, role=self._take_role()))
             self.deltas_published += 1
 
@@ -70,8 +93,10 @@ class EventPublisher:
                 self._timer = None
             if not (self._content or self._reasoning):
                 return
-            event = Delta(seq=self._next(), attempt=self._attempt, content="".join(self._content),
-                          reasoning="".join(self._reasoning), role=self._take_role())
+            event = Delta(seq=self._next(), attempt=self._attempt, tokens=self._tokens,
+                          content="".join(self._content), reasoning="".join(self._reasoning),
+                          role=self._take_role())
+            self._tokens = 0
             self._content.clear()
             self._reasoning.clear()
             await self._publish(event)
@@ -88,6 +113,13 @@ class EventPublisher:
         await self.flush()
         async with self._lock:
             await self._publish(Failed(seq=self._next(), attempt=self._attempt, status=status, error=error))
+        await self.close()
+        return self._seq
+
+    async def cancelled(self, reason: str) -> int:
+        await self.flush()
+        async with self._lock:
+            await self._publish(Cancelled(seq=self._next(), attempt=self._attempt, reason=reason))
         await self.close()
         return self._seq
 
@@ -108,7 +140,8 @@ class EventPublisher:
         return role
 
     async def _publish(self, event: JobEvent) -> None:
-        headers = {"Nats-Msg-Id": msg_id(self._job_id, self._attempt, event.seq)}
+        mid = terminal_msg_id(self._job_id) if is_terminal(event) else msg_id(self._job_id, self._attempt, event.seq)
+        headers = {"Nats-Msg-Id": mid}
         fut = await self._js.publish_async(self._subject, event_encoder.encode(event), headers=headers)
         self._acks.append(fut)
         if self._on_flush is not None:

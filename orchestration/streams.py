@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from schemas.events import JobEvent, event_decoder
@@ -42,3 +42,27 @@ async def last_event(js: JetStreamContext, job_id: str) -> JobEvent | None:
         return event_decoder.decode(msg.data)
     except msgspec.DecodeError:
         return None
+
+
+async def read_events(js: JetStreamContext, job_id: str, after_seq: int = 0) -> list[JobEvent]:
+    """Every stored event of a job with seq > after_seq, read up to the last one stored now."""
+    try:
+        last = await js.get_last_msg(STREAM, job_subject(job_id), direct=True)
+    except NotFoundError:
+        return []
+    sub = await js.subscribe(job_subject(job_id), stream=STREAM, ordered_consumer=True,
+                             deliver_policy=DeliverPolicy.ALL)
+    events: list[JobEvent] = []
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=5)
+            try:
+                event = event_decoder.decode(msg.data)
+            except msgspec.DecodeError:
+                event = None
+            if event is not None and event.seq > after_seq:
+                events.append(event)
+            if msg.metadata.sequence.stream >= last.seq:
+                return events
+    finally:
+        await sub.unsubscribe()

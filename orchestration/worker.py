@@ -13,6 +13,7 @@ from temporalio.worker import Worker
 
 from adapters.registry import build_adapter
 from orchestration.activities import InferenceActivities
+from orchestration.cancels import CANCEL_SUBJECT_PREFIX, CancelRegistry
 from orchestration.converter import data_converter
 from orchestration.streams import ensure_stream
 from orchestration.workflows import InferenceWorkflow
@@ -42,7 +43,9 @@ async def run_worker(config: WorkerConfig, catalog: Catalog, stop: asyncio.Event
     js = nc.jetstream(publish_async_max_pending=16384)
     await ensure_stream(js)
     adapters = {m.id: build_adapter(m.engine) for m in models}
-    activities = InferenceActivities(js, adapters, coalesce_s=config.coalesce_s)
+    cancels = CancelRegistry()
+    await nc.subscribe(f"{CANCEL_SUBJECT_PREFIX}.*", cb=cancels.on_message)
+    activities = InferenceActivities(js, adapters, cancels, coalesce_s=config.coalesce_s)
     async with AsyncExitStack() as stack:
         for queue in queues:
             slots = sum(m.max_concurrency for m in models if m.task_queue == queue) or 1
@@ -50,7 +53,7 @@ async def run_worker(config: WorkerConfig, catalog: Catalog, stop: asyncio.Event
                 client,
                 task_queue=queue,
                 workflows=[InferenceWorkflow],
-                activities=[activities.inference, activities.publish_failure],
+                activities=[activities.inference, activities.publish_terminal],
                 max_concurrent_activities=slots,  # backpressure by pull: never more than the engine's slots
                 graceful_shutdown_timeout=timedelta(seconds=5),
             )

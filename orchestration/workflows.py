@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from schemas.jobs import FailureNotice, InferenceSummary, WorkflowInput
+    from schemas.jobs import InferenceSummary, TerminalNotice, WorkflowInput
     from schemas.openai import ErrorBody
 
 INFERENCE_WORKFLOW = "InferenceWorkflow"
-NON_RETRYABLE = ["StreamInterrupted", "NoAdapter"]
+NON_RETRYABLE = ["NoAdapter", "JobCancelled", "JobEnded"]
+_LOCAL = dict(start_to_close_timeout=timedelta(seconds=30),
+              retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)))
 
 
 @workflow.defn(name=INFERENCE_WORKFLOW)
@@ -21,6 +24,7 @@ class InferenceWorkflow:
     @workflow.run
     async def run(self, inp: WorkflowInput) -> InferenceSummary:
         t, r = inp.timeouts, inp.retry
+        job_id = inp.inference.job_id
         try:
             return await workflow.execute_activity(
                 "inference",
@@ -38,31 +42,30 @@ class InferenceWorkflow:
                     non_retryable_error_types=NON_RETRYABLE,
                 ),
             )
-        except ActivityError as err:
-            notice = failure_notice(inp.inference.job_id, err)
-            # A local activity: it runs on the worker that holds this workflow, taking none of the
-            # engine's activity slots.
+        except asyncio.CancelledError:
+            # Local activities run on this worker and take none of the engine's slots.
             await workflow.execute_local_activity(
-                "publish_failure",
-                notice,
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)),
-            )
+                "publish_terminal", TerminalNotice(job_id=job_id, kind="cancelled"), **_LOCAL)
+            raise
+        except ActivityError as err:
+            notice = failure_notice(job_id, err)
+            await workflow.execute_local_activity("publish_terminal", notice, **_LOCAL)
+            assert notice.error is not None
             raise ApplicationError(notice.error.message, notice.status, notice.error.code,
                                    type="JobFailed", non_retryable=True) from None
 
 
-def failure_notice(job_id: str, err: ActivityError) -> FailureNotice:
+def failure_notice(job_id: str, err: ActivityError) -> TerminalNotice:
     cause = err.cause
     if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], dict):
         d = cause.details[0]
-        return FailureNotice(job_id=job_id, status=int(d.get("status") or 500),
-                             error=ErrorBody(message=cause.message, type=d.get("type") or "server_error",
-                                             param=d.get("param"), code=d.get("code")))
-    if cause is not None and type(cause).__name__ == "TimeoutError":
-        return FailureNotice(job_id=job_id, status=503,
-                             error=ErrorBody(message="no engine capacity answered in time",
-                                             type="server_error", code="engine_timeout"))
+        return TerminalNotice(job_id=job_id, kind="failed", status=int(d.get("status") or 500),
+                              error=ErrorBody(message=cause.message, type=d.get("type") or "server_error",
+                                              param=d.get("param"), code=d.get("code")))
+    if isinstance(cause, TimeoutError):
+        return TerminalNotice(job_id=job_id, kind="failed", status=503,
+                              error=ErrorBody(message="the engine did not answer in time",
+                                              type="server_error", code="engine_timeout"))
     message = cause.message if isinstance(cause, ApplicationError) else "inference failed"
-    return FailureNotice(job_id=job_id, status=500,
-                         error=ErrorBody(message=message, type="server_error", code="internal_error"))
+    return TerminalNotice(job_id=job_id, kind="failed", status=500,
+                          error=ErrorBody(message=message, type="server_error", code="internal_error"))

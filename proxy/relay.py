@@ -9,13 +9,14 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from orchestration.streams import STREAM, job_subject
-from schemas.events import JobEvent, event_decoder
+from schemas.events import JobEvent, Started, event_decoder, is_terminal
 
 
 class EventFeed:
     def __init__(self, sub, after_seq: int = 0):
         self._sub = sub
         self.last_seq = after_seq
+        self.ended = False
 
     @classmethod
     async def open(cls, js: JetStreamContext, job_id: str, after_seq: int = 0) -> "EventFeed":
@@ -31,13 +32,18 @@ class EventFeed:
             msgs.append(await self._sub.next_msg(timeout=None))
         events: list[JobEvent] = []
         for m in msgs:
+            if self.ended:
+                break
             try:
                 event = event_decoder.decode(m.data)
             except msgspec.DecodeError:
                 continue
-            if event.seq <= self.last_seq:
+            terminal = is_terminal(event)
+            # A terminal event is always delivered: a cancellation may race the last delta's seq.
+            if event.seq <= self.last_seq and not terminal:
                 continue
-            self.last_seq = event.seq
+            self.last_seq = max(self.last_seq, event.seq)
+            self.ended = terminal
             events.append(event)
         return events
 
@@ -49,7 +55,9 @@ class EventFeed:
 
 
 async def first_batch(feed: EventFeed, deadline_s: float) -> list[JobEvent]:
+    """Events up to and including the first that is not a `Started` lifecycle marker."""
     loop = asyncio.get_running_loop()
+    collected: list[JobEvent] = []
     end = loop.time() + deadline_s
     while True:
         remaining = end - loop.time()
@@ -59,5 +67,6 @@ async def first_batch(feed: EventFeed, deadline_s: float) -> list[JobEvent]:
             batch = await feed.next_batch(timeout=remaining)
         except TimeoutError:
             raise asyncio.TimeoutError from None
-        if batch:
-            return batch
+        collected += batch
+        if any(not isinstance(e, Started) for e in batch):
+            return collected

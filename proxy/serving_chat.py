@@ -23,7 +23,7 @@ from proxy.relay import EventFeed, first_batch
 from proxy.runtime import Runtime
 from proxy.sse import DONE, KEEPALIVE, SSEResponse, frame
 from schemas.catalog import ModelEntry
-from schemas.events import Delta, Failed, Finished, JobEvent
+from schemas.events import Cancelled, Delta, Failed, Finished, JobEvent, Restarted, Started, is_terminal
 from schemas.jobs import InferenceInput, WorkflowInput
 from schemas.openai import (
     ChatCompletion,
@@ -113,11 +113,10 @@ async def chat_completions(request: Request) -> Response:
         first.cancel()
         await feed.close()
         raise
-    if isinstance(batch[0], Failed):
+    head = next(e for e in batch if not isinstance(e, Started))
+    if isinstance(head, (Failed, Cancelled)):
         await feed.close()
-        err = batch[0]
-        raise APIError(err.error.message, status=err.status, type=err.error.type,
-                       param=err.error.param, code=err.error.code, headers=headers)
+        raise terminal_error(head, headers)
 
     if req.stream:
         return SSEResponse(_stream(feed, batch, chunks, rt.settings.keepalive_s), headers,
@@ -211,6 +210,14 @@ async def _terminate_quietly(rt: Runtime, job_id: str, reason: str) -> None:
         pass
 
 
+def terminal_error(event: Failed | Cancelled, headers: dict[str, str]) -> APIError:
+    if isinstance(event, Cancelled):
+        return APIError("The job was cancelled.", status=409, type="invalid_request_error",
+                        code="job_cancelled", headers=headers)
+    return APIError(event.error.message, status=event.status, type=event.error.type,
+                    param=event.error.param, code=event.error.code, headers=headers)
+
+
 class ChunkWriter:
     """Turns job events into OpenAI chat.completion.chunk SSE frames."""
 
@@ -244,6 +251,17 @@ class ChunkWriter:
             if self.include_usage:
                 out += frame(self._chunk([], usage=event.usage), event.seq)
             return out + DONE
+        if isinstance(event, Started):
+            return b""
+        if isinstance(event, Restarted):
+            # OpenAI's chunk format cannot take back text: end this stream; the job goes on and
+            # /v1/jobs/{id}/events shows the restart.
+            return frame(envelope_bytes(ErrorBody(
+                message=f"The generation restarted ({event.reason}); follow /v1/jobs/{self.job_id}/events.",
+                type="server_error", code="stream_restarted")), event.seq) + DONE
+        if isinstance(event, Cancelled):
+            return frame(envelope_bytes(ErrorBody(message="The job was cancelled.", type="invalid_request_error",
+                                                  code="job_cancelled")), event.seq) + DONE
         assert isinstance(event, Failed)
         return frame(envelope_bytes(event.error), event.seq) + DONE
 
@@ -254,7 +272,7 @@ async def _stream(feed: EventFeed, batch: list[JobEvent], chunks: ChunkWriter,
         out = b"".join(chunks.frames(e) for e in batch)
         if out:
             yield out
-        if any(isinstance(e, (Finished, Failed)) for e in batch):
+        if any(is_terminal(e) or isinstance(e, Restarted) for e in batch):
             return
         try:
             batch = await feed.next_batch(timeout=keepalive_s)
@@ -286,9 +304,12 @@ async def _collect(feed: EventFeed, batch: list[JobEvent], chunks: ChunkWriter,
                                                       finish_reason=event.finish_reason or "stop")],
                                       usage=event.usage)
                 return Response(_encoder.encode(body), media_type="application/json", headers=headers)
-            elif isinstance(event, Failed):
-                raise APIError(event.error.message, status=event.status, type=event.error.type,
-                               param=event.error.param, code=event.error.code, headers=headers)
+            elif isinstance(event, Restarted):
+                text.clear()
+                reasoning.clear()
+                tools = ToolCallMerger()
+            elif isinstance(event, (Failed, Cancelled)):
+                raise terminal_error(event, headers)
         try:
             batch = await feed.next_batch(timeout=60.0)
         except TimeoutError:

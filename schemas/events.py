@@ -18,9 +18,23 @@ class Event(msgspec.Struct, tag_field="type", kw_only=True):
     attempt: int
 
 
-class Delta(Event, tag="delta", omit_defaults=True):
-    """Coalesced output of one choice: text appended, or tool-call deltas passed through intact."""
+class Started(Event, tag="started"):
+    """An attempt began (`job.running`). Not shown on the OpenAI endpoints' own streams."""
 
+    resumed_from: int = 0  # the last sequence delivered before this attempt; 0 for a fresh start
+
+
+class Restarted(Event, tag="restarted"):
+    """The engine cannot continue delivered text: what follows starts over (`job.restarted`)."""
+
+    reason: str
+
+
+class Delta(Event, tag="delta", omit_defaults=True):
+    """Coalesced output of one choice: text appended, or tool-call deltas passed through intact.
+    `tokens` is how many engine chunks (about one token each) it merges."""
+
+    tokens: int = 0
     content: str = ""
     reasoning: str = ""
     tool_calls: Union[list[dict[str, Any]], None] = None
@@ -41,15 +55,25 @@ class Failed(Event, tag="failed"):
     error: ErrorBody
 
 
-JobEvent = Union[Delta, Finished, Failed]
+class Cancelled(Event, tag="cancelled"):
+    reason: str = "cancelled by the client"
+
+
+JobEvent = Union[Started, Restarted, Delta, Finished, Failed, Cancelled]
+TERMINAL = (Finished, Failed, Cancelled)
+
+
+def is_terminal(event: Event) -> bool:
+    return isinstance(event, TERMINAL)
 
 event_encoder = msgspec.json.Encoder()
 event_decoder = msgspec.json.Decoder(JobEvent)
 
 
-def subject_for(prefix: str, job_id: str) -> str:
-    return f"{prefix}.{job_id}"
-
-
 def msg_id(job_id: str, attempt: int, seq: int) -> str:
     return f"{job_id}:{attempt}:{seq}"
+
+
+def terminal_msg_id(job_id: str) -> str:
+    """One id for every terminal event of a job: JetStream keeps only the first one published."""
+    return f"{job_id}:terminal"

@@ -49,12 +49,13 @@ class InferenceSummary(msgspec.Struct):
     attempt: int
 
 
-class FailureNotice(msgspec.Struct, frozen=True):
-    """Input of the activity that ends a failed job's event stream."""
+class TerminalNotice(msgspec.Struct, frozen=True):
+    """Input of the activity that ends a failed or cancelled job's event stream."""
 
     job_id: str
-    status: int
-    error: ErrorBody
+    kind: str  # "failed" | "cancelled"
+    status: int = 500
+    error: Union[ErrorBody, None] = None
 
 
 class JobOutcome(msgspec.Struct):

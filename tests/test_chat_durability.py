@@ -17,7 +17,7 @@ from temporalio.worker import Replayer
 from orchestration.converter import data_converter
 from orchestration.streams import STREAM, job_subject
 from orchestration.workflows import InferenceWorkflow
-from schemas.events import Delta, Finished, event_decoder
+from schemas.events import Delta, Finished, Started, event_decoder
 from schemas.jobs import InferenceSummary
 from tests.conftest import MODEL, Stack, scenario
 
@@ -54,7 +54,8 @@ async def test_disconnect_does_not_cancel_the_job(stack: Stack, temporal, js):
     events = await read_job_events(js, job_id)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert isinstance(events[-1], Finished) and events[-1].seq == summary.last_seq
-    assert all(isinstance(e, Delta) for e in events[:-1])
+    assert isinstance(events[0], Started)
+    assert all(isinstance(e, Delta) for e in events[1:-1])
     assert len(events) > 2
 
 
