@@ -52,12 +52,15 @@ class InferenceActivities:
             if ended is not None:
                 raise ApplicationError("the job already ended", type=JOB_ENDED, non_retryable=True)
             prior = delivered(events)
-        publisher = EventPublisher(self._js, inp.job_id, info.attempt, prior.last_seq, self._coalesce_s)
+        publisher = EventPublisher(self._js, inp.job_id, info.attempt, prior.last_seq, self._coalesce_s,
+                                   tokens_before=prior.tokens)
         body, stripper = inp.body, None
         if prior.text or prior.reasoning or prior.tool_calls:
             if prior.reasoning or prior.tool_calls or "prefix_continuation" not in adapter.capabilities:
                 await publisher.restarted("the engine cannot continue the delivered output; it starts over")
                 prior = Delivered(last_seq=publisher.seq)
+                publisher = EventPublisher(self._js, inp.job_id, info.attempt, publisher.seq,
+                                           self._coalesce_s)
             else:
                 body = continuation_body(body, prior.text, prior.tokens)
                 stripper = PrefixEchoStripper(prior.text)

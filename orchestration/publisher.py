@@ -29,7 +29,8 @@ from schemas.events import (
 
 class EventPublisher:
     def __init__(self, js: JetStreamContext, job_id: str, attempt: int, first_seq: int,
-                 coalesce_s: float = 0.005, on_flush: Callable[[int], None] | None = None):
+                 coalesce_s: float = 0.005, on_flush: Callable[[int], None] | None = None,
+                 tokens_before: int = 0):
         self._js = js
         self._job_id = job_id
         self._subject = job_subject(job_id)
@@ -39,7 +40,9 @@ class EventPublisher:
         self._on_flush = on_flush
         self._content: list[str] = []
         self._reasoning: list[str] = []
-        self._role: str | None = None
+        # The job's first delta names the role; a continuing attempt's deltas do not.
+        self._role: str | None = "assistant" if tokens_before == 0 else None
+        self._total = tokens_before
         self._tokens = 0
         self._timer: asyncio.TimerHandle | None = None
         self._acks: list[asyncio.Future[Any]] = []
@@ -65,8 +68,6 @@ class EventPublisher:
             self._content.append(content)
         if reasoning:
             self._reasoning.append(reasoning)
-        if role and self._role is None and self.deltas_published == 0:
-            self._role = role
         if not (self._content or self._reasoning):
             return
         if self.deltas_published == 0:
@@ -78,7 +79,8 @@ class EventPublisher:
     async def add_tool_calls(self, tool_calls: list[dict[str, Any]]) -> None:
         await self.flush()
         async with self._lock:
-            await self._publish(Delta(seq=self._next(), attempt=self._attempt, tokens=1,
+            self._total += 1
+            await self._publish(Delta(seq=self._next(), attempt=self._attempt, tokens=1, total=self._total,
                                       tool_calls=tool_calls, role=self._take_role()))
             self.deltas_published += 1
 
@@ -93,7 +95,8 @@ class EventPublisher:
                 self._timer = None
             if not (self._content or self._reasoning):
                 return
-            event = Delta(seq=self._next(), attempt=self._attempt, tokens=self._tokens,
+            self._total += self._tokens
+            event = Delta(seq=self._next(), attempt=self._attempt, tokens=self._tokens, total=self._total,
                           content="".join(self._content), reasoning="".join(self._reasoning),
                           role=self._take_role())
             self._tokens = 0

@@ -16,6 +16,7 @@ from proxy.middleware import AuthMiddleware, RequestIdMiddleware
 from proxy.runtime import Runtime
 from proxy.serving_chat import chat_completions
 from proxy.serving_health import healthz, readyz
+from proxy.serving_jobs import cancel, create_job, events, get_job, list_all, result
 from proxy.serving_models import get_model, list_models
 
 
@@ -31,6 +32,12 @@ def create_app(settings: ProxySettings) -> Starlette:
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/jobs", create_job, methods=["POST"]),
+        Route("/v1/jobs", list_all, methods=["GET"]),
+        Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/events", events, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/result", result, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/cancel", cancel, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

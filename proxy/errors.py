@@ -46,9 +46,48 @@ class Unauthorized(APIError):
     code = "invalid_api_key"
 
 
+class Forbidden(APIError):
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
 class NotFound(APIError):
     status = 404
     type = "invalid_request_error"
+
+
+class Conflict(APIError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class _Throttled(APIError):
+    """A 429 carrying `retry-after` (whole seconds, rounded up) and `retry-after-ms`, which the
+    OpenAI SDKs honour, plus whatever `x-ratelimit-*` headers the limiter computed."""
+
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: float = 1.0, headers: dict[str, str] | None = None,
+                 **kwargs):
+        import math
+
+        self.retry_after = max(0.0, float(retry_after))
+        merged = dict(headers or {})
+        merged["retry-after"] = str(max(1, math.ceil(self.retry_after)))
+        merged["retry-after-ms"] = str(max(1, math.ceil(self.retry_after * 1000)))
+        super().__init__(message, headers=merged, **kwargs)
+
+
+class RateLimited(_Throttled):
+    type = "requests"   # "tokens" for a TPM refusal, as OpenAI sends it
+    code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(_Throttled):
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class PayloadTooLarge(APIError):

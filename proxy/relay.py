@@ -15,6 +15,7 @@ from schemas.events import JobEvent, Started, event_decoder, is_terminal
 class EventFeed:
     def __init__(self, sub, after_seq: int = 0):
         self._sub = sub
+        self.after_seq = after_seq
         self.last_seq = after_seq
         self.ended = False
 
@@ -39,8 +40,12 @@ class EventFeed:
             except msgspec.DecodeError:
                 continue
             terminal = is_terminal(event)
-            # A terminal event is always delivered: a cancellation may race the last delta's seq.
-            if event.seq <= self.last_seq and not terminal:
+            # A terminal event past the resume point is always delivered: a cancellation may race
+            # the last delta for a sequence number.
+            if terminal and event.seq <= self.after_seq:
+                self.ended = True  # the client saw the end already
+                break
+            if event.seq <= self.last_seq and not (terminal and event.seq > self.after_seq):
                 continue
             self.last_seq = max(self.last_seq, event.seq)
             self.ended = terminal

@@ -35,6 +35,7 @@ class Delta(Event, tag="delta", omit_defaults=True):
     `tokens` is how many engine chunks (about one token each) it merges."""
 
     tokens: int = 0
+    total: int = 0  # tokens delivered by the job so far, this one included
     content: str = ""
     reasoning: str = ""
     tool_calls: Union[list[dict[str, Any]], None] = None

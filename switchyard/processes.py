@@ -124,6 +124,7 @@ def start_temporal(port: int, db: Path, log_dir: Path, run_dir: Path | None = No
     m = spawn("temporal", [tool("temporal"), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
                            "--port", str(port), "--http-port", str(free_port()),
                            "--metrics-port", str(free_port()), "--db-filename", str(db),
+                           "--search-attribute", "SwitchyardTenant=Keyword",
                            "--log-level", "warn"], log_dir, run_dir)
     wait_port(m, port, 30)
     return m

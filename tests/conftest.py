@@ -28,6 +28,7 @@ from switchyard.processes import (
 from tests.fakes.vllm import FakeVLLM
 
 MODEL = "smollm2-135m-instruct"
+OTHER_KEY = "sk-sy-other-" + uuid.uuid4().hex
 
 
 @dataclass
@@ -40,6 +41,17 @@ class Stack:
     victim_port: int
     env: dict[str, str]
     procs: dict[str, Managed] = field(default_factory=dict)
+
+    def restart_proxy(self) -> None:
+        self.procs["proxy"].stop()
+        proxy = start_python("proxy", ["proxy"], self.base / "log", None, self.env)
+        self.procs["proxy"] = proxy
+        wait_http(proxy, self.proxy_url + "/healthz", 60)
+
+    def restart_worker(self, kill: bool = False) -> None:
+        old = self.procs["worker"]
+        old.kill() if kill else old.stop()
+        self.procs["worker"] = start_python("worker", ["worker"], self.base / "log", None, self.env)
 
     def logs(self) -> str:
         return "".join((self.base / "log" / f"{name}.log").read_text(errors="replace")
@@ -64,6 +76,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         "SWITCHYARD_CATALOG": str(ROOT / "tests" / "catalog.yaml"),
         "SWITCHYARD_PORT": str(ports["proxy"]),
         "SWITCHYARD_DEMO_KEY": key,
+        "SWITCHYARD_API_KEYS": f"other-tenant={OTHER_KEY}",
         "SWITCHYARD_KEEPALIVE_S": "1",
         "SWITCHYARD_HEADER_WAIT_S": "4",
         "SWITCHYARD_LOG_LEVEL": "DEBUG",
@@ -84,6 +97,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     finally:
         for m in reversed(started):
             m.stop()
+        if "s" in locals():
+            for m in s.procs.values():
+                m.stop()
         fake.stop()
 
 

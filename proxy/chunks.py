@@ -1,0 +1,145 @@
+"""Job events → OpenAI chat wire format: SSE chunk frames, or one assembled chat.completion.
+
+Each event's frames depend on that event alone, so a stream resumed after event N is exactly the
+tail of the uninterrupted stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from proxy.errors import APIError, envelope_bytes
+from proxy.sse import DONE, frame
+from schemas.events import Cancelled, Delta, Failed, Finished, JobEvent, Restarted, Started
+from schemas.openai import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChunkChoice,
+    ChunkDelta,
+    ErrorBody,
+    ResponseMessage,
+)
+
+_encoder = msgspec.json.Encoder()
+
+
+def terminal_error(event: Failed | Cancelled, headers: dict[str, str] | None = None) -> APIError:
+    if isinstance(event, Cancelled):
+        return APIError("The job was cancelled.", status=409, type="invalid_request_error",
+                        code="job_cancelled", headers=headers)
+    return APIError(event.error.message, status=event.status, type=event.error.type,
+                    param=event.error.param, code=event.error.code, headers=headers)
+
+
+class ChunkWriter:
+    def __init__(self, job_id: str, model: str, created: int, include_usage: bool):
+        self.job_id = job_id
+        self.model = model
+        self.created = created
+        self.include_usage = include_usage
+
+    def chunk(self, choices: list[ChunkChoice], **extra: Any) -> bytes:
+        return _encoder.encode(ChatCompletionChunk(id=self.job_id, created=self.created,
+                                                   model=self.model, choices=choices, **extra))
+
+    def delta_chunk(self, event: Delta) -> bytes:
+        delta = ChunkDelta()
+        if event.role:
+            delta.role = event.role
+        if event.content or not (event.tool_calls or event.reasoning):
+            delta.content = event.content
+        if event.reasoning:
+            delta.reasoning_content = event.reasoning
+        if event.tool_calls:
+            delta.tool_calls = event.tool_calls
+        return self.chunk([ChunkChoice(index=0, delta=delta)])
+
+    def frames(self, event: JobEvent) -> bytes:
+        """Frames for the OpenAI endpoint's own stream: unnamed chunk events only."""
+        if isinstance(event, Delta):
+            return frame(self.delta_chunk(event), event.seq)
+        if isinstance(event, Finished):
+            return self.finish_frames(event) + DONE
+        if isinstance(event, Started):
+            return b""
+        if isinstance(event, Restarted):
+            # A chunk stream cannot take text back: end it; /v1/jobs/{id}/events shows the restart.
+            return frame(envelope_bytes(ErrorBody(
+                message=f"The generation restarted ({event.reason}); follow /v1/jobs/{self.job_id}/events.",
+                type="server_error", code="stream_restarted")), event.seq) + DONE
+        assert isinstance(event, (Failed, Cancelled))
+        return frame(envelope_bytes(terminal_error(event).body()), event.seq) + DONE
+
+    def finish_frames(self, event: Finished) -> bytes:
+        out = frame(self.chunk([ChunkChoice(index=0, delta=ChunkDelta(),
+                                            finish_reason=event.finish_reason or "stop")]), event.seq)
+        if self.include_usage:
+            out += frame(self.chunk([], usage=event.usage), event.seq)
+        return out
+
+
+class CompletionAssembler:
+    """Collects a job's events into the chat.completion the synchronous endpoint returns."""
+
+    def __init__(self, chunks: ChunkWriter):
+        self.chunks = chunks
+        self._reset()
+
+    def _reset(self) -> None:
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.tools = ToolCallMerger()
+
+    def add(self, event: JobEvent) -> ChatCompletion | None:
+        if isinstance(event, Delta):
+            self.text.append(event.content)
+            self.reasoning.append(event.reasoning)
+            if event.tool_calls:
+                self.tools.add(event.tool_calls)
+        elif isinstance(event, Restarted):
+            self._reset()
+        elif isinstance(event, (Failed, Cancelled)):
+            raise terminal_error(event)
+        elif isinstance(event, Finished):
+            return self._completion(event)
+        return None
+
+    def _completion(self, event: Finished) -> ChatCompletion:
+        text = "".join(self.text)
+        message = ResponseMessage(role="assistant", content=text if text or not self.tools.calls else None)
+        if any(self.reasoning):
+            message.reasoning_content = "".join(self.reasoning)
+        if self.tools.calls:
+            message.tool_calls = self.tools.result()
+        c = self.chunks
+        return ChatCompletion(id=c.job_id, created=c.created, model=c.model, usage=event.usage,
+                              choices=[Choice(index=0, message=message,
+                                              finish_reason=event.finish_reason or "stop")])
+
+
+class ToolCallMerger:
+    """Merges streamed tool-call deltas (by index) into complete tool calls."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, deltas: list[dict[str, Any]]) -> None:
+        for d in deltas:
+            index = int(d.get("index", 0))
+            call = self.calls.setdefault(index, {"id": "", "type": "function",
+                                                 "function": {"name": "", "arguments": ""}})
+            if d.get("id"):
+                call["id"] = d["id"]
+            if d.get("type"):
+                call["type"] = d["type"]
+            fn = d.get("function") or {}
+            if fn.get("name"):
+                call["function"]["name"] += fn["name"]
+            if fn.get("arguments"):
+                call["function"]["arguments"] += fn["arguments"]
+
+    def result(self) -> list[dict[str, Any]]:
+        return [self.calls[i] for i in sorted(self.calls)]

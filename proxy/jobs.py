@@ -1,0 +1,233 @@
+"""Jobs: starting a job's workflow (with idempotency keys) and reading its state back.
+
+Temporal is the system of record (status, attempts, times); JetStream holds the events (tokens,
+usage, errors). Both answer with no worker running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import timedelta
+from typing import Any, Union
+
+import msgspec
+import structlog
+from temporalio.api.enums.v1.workflow_pb2 import PENDING_ACTIVITY_STATE_STARTED
+from temporalio.client import WorkflowExecutionDescription, WorkflowExecutionStatus
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from orchestration.cancels import cancel_subject
+from orchestration.streams import last_event
+from orchestration.workflows import INFERENCE_WORKFLOW
+from proxy.errors import APIError, NotFound, ServiceUnavailable
+from proxy.runtime import Runtime
+from schemas.catalog import ModelEntry
+from schemas.events import Cancelled, Delta, Failed, Finished
+from schemas.jobs import WorkflowInput
+from schemas.openai import ErrorBody, Usage
+
+TENANT = SearchAttributeKey.for_keyword("SwitchyardTenant")
+SEARCH_ATTRIBUTES = {"SwitchyardTenant": "Keyword"}
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+log = structlog.get_logger("switchyard.proxy")
+_encoder = msgspec.json.Encoder()
+
+
+class IdempotencyConflict(APIError):
+    status = 409
+    type = "invalid_request_error"
+    code = "idempotency_key_reused"
+
+
+def new_job_id(tenant: str, idempotency_key: str | None, fresh: str) -> str:
+    if not idempotency_key:
+        return f"chatcmpl-{fresh}"
+    digest = hashlib.sha256(f"{tenant}\x00{idempotency_key}".encode()).hexdigest()[:32]
+    return f"chatcmpl-{digest}"
+
+
+def body_hash(endpoint: str, raw: dict[str, Any]) -> str:
+    return hashlib.sha256(endpoint.encode() + b"\x00" + _encoder.encode(raw)).hexdigest()
+
+
+class JobMemo(msgspec.Struct, omit_defaults=True):
+    tenant: str
+    endpoint: str
+    model: str
+    created: int
+    body_hash: str
+    stream: bool = False
+    include_usage: bool = False
+    metadata: dict[str, str] = {}
+    webhook_url: str = ""
+
+
+async def start_job(rt: Runtime, inp: WorkflowInput, model: ModelEntry, memo: JobMemo) -> bool:
+    """Starts the job; False when an idempotent repeat of an existing job (same tenant, same body)."""
+    t = model.timeouts
+    run_timeout = t.schedule_to_start_s + (t.start_to_close_s + 60) * model.retry.maximum_attempts
+    job_id = inp.inference.job_id
+    try:
+        await rt.temporal.start_workflow(
+            INFERENCE_WORKFLOW, inp, id=job_id, task_queue=model.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            execution_timeout=timedelta(seconds=run_timeout),
+            search_attributes=TypedSearchAttributes([SearchAttributePair(TENANT, memo.tenant)]),
+            memo=msgspec.to_builtins(memo))
+        return True
+    except WorkflowAlreadyStartedError:
+        existing = await _memo_of(rt, job_id)
+        if existing is None or existing.tenant != memo.tenant or existing.body_hash != memo.body_hash:
+            raise IdempotencyConflict("This Idempotency-Key was already used with a different request.",
+                                      param="Idempotency-Key") from None
+        return False
+    except Exception as exc:
+        log.error("workflow_start_failed", error_type=type(exc).__name__)
+        raise ServiceUnavailable("The job could not be started; please retry.",
+                                 code="orchestrator_unavailable") from None
+
+
+async def _memo_of(rt: Runtime, job_id: str) -> JobMemo | None:
+    try:
+        desc = await rt.temporal.get_workflow_handle(job_id).describe()
+        return msgspec.convert(await desc.memo(), JobMemo)
+    except Exception:
+        return None
+
+
+class JobView(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "job"
+    endpoint: str
+    model: str
+    status: str  # queued | running | succeeded | failed | cancelled
+    stage: str  # queued | inference | done
+    created_at: int
+    started_at: Union[int, None] = None
+    finished_at: Union[int, None] = None
+    attempts: int = 0
+    tokens: int = 0
+    usage: Union[Usage, None] = None
+    finish_reason: Union[str, None] = None
+    error: Union[ErrorBody, None] = None
+    last_event_id: int = 0
+    metadata: dict[str, str] = {}
+    result_url: str
+    events_url: str
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "failed", "cancelled")
+
+
+class Job(msgspec.Struct):
+    view: JobView
+    memo: JobMemo
+
+
+async def load_job(rt: Runtime, job_id: str, tenant: str) -> Job:
+    """The job as its tenant sees it; any other tenant (or no such job) gets the same 404."""
+    not_found = NotFound(f"No job found with id '{job_id}'.", code="job_not_found")
+    if not _JOB_ID.match(job_id):
+        raise not_found
+    try:
+        desc = await rt.temporal.get_workflow_handle(job_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise not_found from None
+        raise ServiceUnavailable("Job state is unavailable; please retry.", code="orchestrator_unavailable") from None
+    if desc.typed_search_attributes.get(TENANT) != tenant:
+        raise not_found
+    memo = msgspec.convert(await desc.memo(), JobMemo)
+    return Job(await _view(rt, job_id, desc, memo), memo)
+
+
+async def _view(rt: Runtime, job_id: str, desc: WorkflowExecutionDescription, memo: JobMemo) -> JobView:
+    event = await last_event(rt.js, job_id)
+    pending = list(desc.raw_description.pending_activities)
+    started = any(pa.state == PENDING_ACTIVITY_STATE_STARTED for pa in pending)
+    attempts = max([pa.attempt for pa in pending] + [event.attempt if event else 0])
+    s = desc.status
+    view = JobView(id=job_id, endpoint=memo.endpoint, model=memo.model, status="queued", stage="queued",
+                   created_at=memo.created, attempts=attempts, metadata=memo.metadata,
+                   last_event_id=event.seq if event else 0,
+                   result_url=f"/v1/jobs/{job_id}/result", events_url=f"/v1/jobs/{job_id}/events")
+    if event is not None:
+        view.started_at = int(desc.start_time.timestamp())
+    if isinstance(event, Delta):
+        view.tokens = event.total
+    if s == WorkflowExecutionStatus.RUNNING:
+        if started or (event is not None and attempts > 0):
+            view.status, view.stage = "running", "inference"
+        return view
+    view.stage = "done"
+    view.finished_at = int(desc.close_time.timestamp()) if desc.close_time else None
+    if s == WorkflowExecutionStatus.COMPLETED:
+        view.status = "succeeded"
+        if isinstance(event, Finished):
+            view.usage, view.finish_reason, view.tokens = event.usage, event.finish_reason, event.usage.completion_tokens
+    elif s == WorkflowExecutionStatus.CANCELED or isinstance(event, Cancelled):
+        view.status = "cancelled"
+    else:
+        view.status = "failed"
+        if isinstance(event, Failed):
+            view.error = event.error
+        elif s == WorkflowExecutionStatus.TERMINATED:
+            view.error = ErrorBody(message="The job was stopped: no worker picked it up in time.",
+                                   type="server_error", code="no_capacity")
+        else:
+            view.error = ErrorBody(message="The job did not finish in time.", type="server_error",
+                                   code="job_timeout")
+    return view
+
+
+async def cancel_job(rt: Runtime, job_id: str) -> None:
+    await rt.nc.publish(cancel_subject(job_id), b"")
+    try:
+        await rt.temporal.get_workflow_handle(job_id).cancel()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+
+
+async def list_jobs(rt: Runtime, tenant: str, limit: int, after: str | None) -> tuple[list[str], bool]:
+    query = f"SwitchyardTenant = '{tenant}'"
+    if after:
+        desc = await rt.temporal.get_workflow_handle(after).describe()
+        if desc.typed_search_attributes.get(TENANT) != tenant:
+            raise NotFound(f"No job found with id '{after}'.", param="after", code="job_not_found")
+        query += f" AND StartTime < '{desc.start_time.isoformat()}'"
+    ids: list[str] = []
+    async for wf in rt.temporal.list_workflows(query, page_size=limit + 1, limit=limit + 1):
+        ids.append(wf.id)
+    return ids[:limit], len(ids) > limit
+
+
+def etag_of(view: JobView) -> str:
+    return '"' + hashlib.sha256(_encoder.encode(view)).hexdigest()[:20] + '"'
+
+
+def prefers_async(request) -> bool:
+    """RFC 7240 `Prefer: respond-async`."""
+    prefer = request.headers.get("prefer", "")
+    return any(p.strip().split("=")[0].lower() == "respond-async" for p in prefer.split(","))
+
+
+async def accepted_response(rt: Runtime, job_id: str, tenant: str, prefer_applied: bool = False):
+    from starlette.responses import Response
+
+    job = await load_job(rt, job_id, tenant)
+    headers = {"location": f"/v1/jobs/{job_id}", "x-job-id": job_id, "retry-after": "1",
+               "etag": etag_of(job.view)}
+    if prefer_applied:
+        headers["preference-applied"] = "respond-async"
+    return Response(_encoder.encode(job.view), status_code=202, media_type="application/json",
+                    headers=headers)

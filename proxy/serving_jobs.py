@@ -1,0 +1,176 @@
+"""The jobs API: create, status, events (resumable SSE), result, cancel, list."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy.body import read_json_body
+from proxy.chunks import ChunkWriter, CompletionAssembler, terminal_error
+from proxy.errors import APIError, InvalidRequest
+from proxy.jobs import Job, JobView, accepted_response, etag_of, list_jobs, load_job, start_job
+from proxy.relay import EventFeed
+from proxy.runtime import Runtime
+from proxy.serving_chat import CHAT, prepare_chat
+from proxy.sse import KEEPALIVE, SSEResponse
+from orchestration.streams import read_events
+from schemas.events import Cancelled, Delta, Failed, Finished, JobEvent, Restarted, Started
+
+_encoder = msgspec.json.Encoder()
+ENDPOINTS = (CHAT,)
+
+
+class JobCreate(msgspec.Struct):
+    endpoint: str
+    body: dict[str, Any]
+    metadata: dict[str, str] = {}
+    webhook: dict[str, Any] | None = None
+
+
+def _job_json(view: JobView, status: int = 200, extra: dict[str, str] | None = None) -> Response:
+    headers = {"etag": etag_of(view), "x-job-id": view.id, **(extra or {})}
+    if not view.finished:
+        headers["retry-after"] = "1"
+    return Response(_encoder.encode(view), status_code=status, media_type="application/json", headers=headers)
+
+
+async def create_job(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    raw = await read_json_body(request, rt.settings.max_body_bytes)
+    try:
+        spec = msgspec.convert(raw, JobCreate)
+    except msgspec.ValidationError as exc:
+        param = str(exc).rsplit("`$.", 1)[1].rstrip("`") if "`$." in str(exc) else None
+        raise InvalidRequest(f"Invalid job: {str(exc).split(' - at ')[0]}", param=param) from None
+    if spec.endpoint not in ENDPOINTS:
+        raise InvalidRequest(f"Unsupported endpoint '{spec.endpoint}'. Supported: {', '.join(ENDPOINTS)}.",
+                             param="endpoint", code="unsupported_endpoint")
+    if len(spec.metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in spec.metadata.items()):
+        raise InvalidRequest("metadata takes at most 16 keys of 64 characters, values of 512.", param="metadata")
+    chat = prepare_chat(rt, request.state.principal, spec.body, request.headers.get("idempotency-key"),
+                        spec.metadata)
+    request.state.model, request.state.job_id = chat.model.id, chat.job_id
+    await start_job(rt, chat.inp, chat.model, chat.memo)
+    return await accepted_response(rt, chat.job_id, chat.memo.tenant)
+
+
+async def _job(request: Request) -> Job:
+    rt: Runtime = request.app.state.runtime
+    job_id = request.path_params["job_id"]
+    request.state.job_id = job_id
+    return await load_job(rt, job_id, request.state.principal.tenant)
+
+
+async def get_job(request: Request) -> Response:
+    job = await _job(request)
+    etag = etag_of(job.view)
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        headers = {"etag": etag}
+        if not job.view.finished:
+            headers["retry-after"] = "1"
+        return Response(status_code=304, headers=headers)
+    return _job_json(job.view)
+
+
+async def cancel(request: Request) -> Response:
+    from proxy.jobs import cancel_job
+
+    job = await _job(request)
+    if not job.view.finished:
+        await cancel_job(request.app.state.runtime, job.view.id)
+    return _job_json(job.view, extra={"cancel-requested": "false" if job.view.finished else "true"})
+
+
+async def result(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    job = await _job(request)
+    if not job.view.finished:
+        raise APIError(f"Job '{job.view.id}' has not finished (status: {job.view.status}).", status=409,
+                       type="invalid_request_error", code="job_not_finished", headers={"retry-after": "1"})
+    chunks = ChunkWriter(job.view.id, job.memo.model, job.memo.created, False)
+    assembler = CompletionAssembler(chunks)
+    for event in await read_events(rt.js, job.view.id):
+        completion = assembler.add(event)
+        if completion is not None:
+            return Response(_encoder.encode(completion), media_type="application/json",
+                            headers={"x-job-id": job.view.id})
+    if job.view.error is not None:
+        raise APIError(job.view.error.message, status=503 if job.view.error.code == "no_capacity" else 500,
+                       type=job.view.error.type, code=job.view.error.code)
+    raise APIError("The job was cancelled.", status=409, type="invalid_request_error", code="job_cancelled")
+
+
+async def list_all(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    try:
+        limit = int(request.query_params.get("limit", "20"))
+    except ValueError:
+        raise InvalidRequest("limit must be an integer.", param="limit") from None
+    if not 1 <= limit <= 100:
+        raise InvalidRequest("limit must be between 1 and 100.", param="limit")
+    tenant = request.state.principal.tenant
+    ids, has_more = await list_jobs(rt, tenant, limit, request.query_params.get("after"))
+    views = [(await load_job(rt, i, tenant)).view for i in ids]
+    body = {"object": "list", "data": views, "has_more": has_more,
+            "first_id": views[0].id if views else None, "last_id": views[-1].id if views else None}
+    return Response(_encoder.encode(body), media_type="application/json")
+
+
+async def events(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    job = await _job(request)
+    after_raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+    try:
+        after = int(after_raw)
+    except ValueError:
+        raise InvalidRequest("Last-Event-ID / after must be an event id (an integer).", param="after") from None
+    feed = await EventFeed.open(rt.js, job.view.id, after_seq=after)
+    chunks = ChunkWriter(job.view.id, job.memo.model, job.memo.created, True)
+    return SSEResponse(_job_stream(feed, chunks, rt.settings.keepalive_s, job.view),
+                       {"x-job-id": job.view.id}, on_close=feed.close)
+
+
+def job_frames(event: JobEvent, chunks: ChunkWriter) -> bytes:
+    """The jobs stream: chunk events unnamed (as OpenAI's), lifecycle events named `job.*`."""
+    sid = str(event.seq).encode()
+    if isinstance(event, Delta):
+        return b"id: " + sid + b"\ndata: " + chunks.delta_chunk(event) + b"\n\n"
+    if isinstance(event, Finished):
+        body = {"status": "succeeded", "finish_reason": event.finish_reason, "usage": event.usage}
+        return chunks.finish_frames(event) + _named("job.succeeded", sid, body)
+    if isinstance(event, Started):
+        return _named("job.running", sid, {"status": "running", "attempt": event.attempt,
+                                           "resumed_from": event.resumed_from})
+    if isinstance(event, Restarted):
+        return _named("job.restarted", sid, {"status": "running", "attempt": event.attempt, "reason": event.reason})
+    if isinstance(event, Cancelled):
+        return _named("job.cancelled", sid, {"status": "cancelled", "reason": event.reason})
+    assert isinstance(event, Failed)
+    return _named("job.failed", sid, {"status": "failed", "error": terminal_error(event).body()})
+
+
+def _named(name: str, sid: bytes, body: Any) -> bytes:
+    return b"id: " + sid + b"\nevent: " + name.encode() + b"\ndata: " + _encoder.encode(body) + b"\n\n"
+
+
+async def _job_stream(feed: EventFeed, chunks: ChunkWriter, keepalive_s: float,
+                      view: JobView) -> AsyncIterator[bytes]:
+    while True:
+        try:
+            batch = await feed.next_batch(timeout=keepalive_s)
+        except TimeoutError:
+            if view.finished and view.error is not None and view.last_event_id <= feed.last_seq:
+                # Ended without a terminal event of its own (stopped before any worker took it).
+                sid = str(feed.last_seq + 1).encode()
+                yield _named("job.failed", sid, {"status": "failed", "error": view.error})
+                return
+            yield KEEPALIVE
+            continue
+        out = b"".join(job_frames(e, chunks) for e in batch)
+        if out:
+            yield out
+        if feed.ended:
+            return
