@@ -1,0 +1,94 @@
+"""Cancellation reaches the engine; a worker killed mid-stream is replaced and the text goes on once."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+
+from tests.conftest import MODEL, Stack
+from tests.jobclient import read_events, wait_finished
+
+CHAT = "/v1/chat/completions"
+
+
+def engine_busy_slots(stack: Stack) -> int:
+    base = stack.env["SWITCHYARD_ENGINE_URL"].removesuffix("/v1")
+    return sum(1 for s in httpx.get(base + "/slots").json() if s.get("is_processing"))
+
+
+def wait_for(predicate, timeout: float = 30, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not reached")
+
+
+def test_cancel_stops_the_engine_and_is_idempotent(stack: Stack, http: httpx.Client):
+    body = {"model": MODEL, "max_tokens": 1000, "temperature": 1.0,
+            "messages": [{"role": "user", "content": "Write a very long story about a lighthouse."}]}
+    job_id = http.post("/v1/jobs", json={"endpoint": CHAT, "body": body}).json()["id"]
+    wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["tokens"] > 5)
+    assert engine_busy_slots(stack) >= 1
+    r = http.post(f"/v1/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.headers["cancel-requested"] == "true"
+    cancelled_at = time.monotonic()
+    wait_for(lambda: engine_busy_slots(stack) == 0, timeout=10)
+    engine_stopped_after = time.monotonic() - cancelled_at
+    done = wait_finished(http, job_id)
+    assert done["status"] == "cancelled" and done["tokens"] < 1000
+    again = http.post(f"/v1/jobs/{job_id}/cancel")
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"
+    assert again.headers["cancel-requested"] == "false"
+    events = read_events(http, job_id)
+    assert events[-1]["event"] == "job.cancelled"
+    assert http.get(f"/v1/jobs/{job_id}/result").json()["error"]["code"] == "job_cancelled"
+    print(f"engine slot free {engine_stopped_after * 1000:.0f} ms after cancel")
+
+
+def test_cancel_of_a_finished_job_is_a_no_op(http: httpx.Client):
+    body = {"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
+    job_id = http.post("/v1/jobs", json={"endpoint": CHAT, "body": body}).json()["id"]
+    wait_finished(http, job_id)
+    r = http.post(f"/v1/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "succeeded"
+    assert http.get(f"/v1/jobs/{job_id}/result").status_code == 200
+
+
+def test_worker_killed_mid_stream_is_replaced_and_the_text_goes_on_once(stack: Stack):
+    body = {"model": "durable", "stream": True, "max_tokens": 160, "temperature": 0,
+            "messages": [{"role": "user", "content": "Count from 1 to 60, separated by commas."}]}
+    pieces: list[str] = []
+    before_crash = ""
+    with httpx.Client(timeout=120) as h, h.stream(
+            "POST", stack.proxy_url + CHAT, headers={"authorization": f"Bearer {stack.key}"}, json=body) as r:
+        job_id = r.headers["x-job-id"]
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            assert "error" not in data, data
+            if data["choices"]:
+                pieces.append(data["choices"][0]["delta"].get("content") or "")
+            if len(pieces) == 12 and not before_crash:
+                before_crash = "".join(pieces)
+                stack.restart_worker(kill=True)  # SIGKILL, then a fresh worker
+    text = "".join(pieces)
+    assert text.startswith(before_crash) and len(text) > len(before_crash) + 10
+    # Greedy decoding: the crashed-and-continued text equals an uninterrupted run's.
+    baseline = httpx.post(stack.proxy_url + CHAT, headers={"authorization": f"Bearer {stack.key}"},
+                          json={**body, "stream": False}, timeout=120).json()
+    assert text == baseline["choices"][0]["message"]["content"]
+    assert text.count(before_crash) == 1
+    with httpx.Client(base_url=stack.proxy_url, headers={"authorization": f"Bearer {stack.key}"}) as http:
+        job = wait_finished(http, job_id)
+        assert job["status"] == "succeeded" and job["attempts"] == 2
+        events = read_events(http, job_id)
+        running = [json.loads(e["data"]) for e in events if e.get("event") == "job.running"]
+        assert [r["attempt"] for r in running] == [1, 2] and running[1]["resumed_from"] > 0
+        result = http.get(f"/v1/jobs/{job_id}/result").json()
+        assert result["choices"][0]["message"]["content"] == text
