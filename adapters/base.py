@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Protocol, Union
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, AsyncIterator, Iterator, Protocol, Sequence, Union
 
+import httpx
 import msgspec
 
 from schemas.openai import Usage
@@ -19,6 +21,20 @@ class StreamPiece(msgspec.Struct, omit_defaults=True):
     finish_reason: Union[str, None] = None
     usage: Union[Usage, None] = None
     model: Union[str, None] = None
+
+
+class EmbeddingResult(msgspec.Struct):
+    """One vector per input, in input order; `prompt_tokens` is 0 where the engine does not count."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int = 0
+
+
+# What an adapter can do; a model's engine may be declared to do less (EngineSpec.capabilities).
+CHAT = "chat"
+COMPLETIONS = "completions"
+EMBEDDINGS = "embeddings"
+PREFIX_CONTINUATION = "prefix_continuation"  # honours continue_final_message / add_generation_prompt
 
 
 class EngineError(Exception):
@@ -48,11 +64,147 @@ def rejected(message: str, param: str | None = None, code: str | None = None) ->
                        code=code, param=param)
 
 
+class UnsupportedCapability(EngineError):
+    """The model's engine cannot do what was asked: a 400 the client can act on, never retried."""
+
+    def __init__(self, capability: str, engine: str = "engine"):
+        super().__init__(f"this model's engine ({engine}) does not support {capability}", status=400,
+                         retryable=False, type="invalid_request_error", code="unsupported_capability")
+        self.capability = capability
+
+
+def require(adapter: "InferenceAdapter", capability: str, engine: str = "engine") -> None:
+    if capability not in adapter.capabilities:
+        raise UnsupportedCapability(capability, engine)
+
+
+def declared_capabilities(supported: frozenset[str], configured: Sequence[str], kind: str) -> frozenset[str]:
+    """The adapter's capabilities narrowed to what the catalog says this deployment serves."""
+    if not configured:
+        return supported
+    extra = set(configured) - supported
+    if extra:
+        raise ValueError(f"engine kind {kind!r} cannot do {sorted(extra)}")
+    return frozenset(configured)
+
+
+def refuse_fields(body: dict[str, Any], names: Sequence[str]) -> None:
+    """A clear 400 for request options this engine cannot honour, rather than ignoring them."""
+    for name in names:
+        if body.get(name) not in (None, False):
+            raise rejected(f"this model's engine does not support `{name}`", param=name)
+
+
+def single_prompt(body: dict[str, Any]) -> str:
+    """The one text prompt of a completions request, for engines that take exactly that."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise rejected("this model's engine takes one text prompt per request", param="prompt")
+    for name in ("n", "best_of"):
+        if (body.get(name) or 1) != 1:
+            raise rejected("this model's engine returns one choice per request", param=name)
+    refuse_fields(body, ("echo", "suffix", "logprobs"))
+    return prompt
+
+
+RETRYABLE_STATUS = frozenset({408, 424, 429})  # and every 5xx but 501
+REJECTED_STATUS = frozenset({400, 413, 422})
+
+
+def status_error(status: int, text: str) -> EngineError:
+    """Map an engine's HTTP error status (and body) to the client-facing error and its retry class."""
+    message = error_message(text) or f"engine answered HTTP {status}"
+    if status == 501:  # e.g. llama-server without --embeddings: asking again will not help
+        return EngineError(message, status=400, retryable=False, type="invalid_request_error",
+                           code="unsupported_capability")
+    if status in RETRYABLE_STATUS or status >= 500:
+        return unavailable(f"engine unavailable: {message}")
+    if status in REJECTED_STATUS:
+        return rejected(message, code="engine_rejected")
+    return EngineError(message, status=502, retryable=False, code="engine_error")
+
+
+def error_message(text: str) -> str:
+    """The message of an engine's error body: OpenAI's {"error": {"message"}}, TGI's and Triton's
+    {"error": "..."}, or the text itself."""
+    try:
+        data = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return text[:300]
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            return str(err.get("message", ""))[:300]
+        return str(err)[:300]
+    return ""
+
+
+@contextmanager
+def transport_errors() -> Iterator[None]:
+    """Turns httpx's connection failures into retryable engine errors."""
+    try:
+        yield
+    except httpx.ConnectError as exc:
+        raise unavailable(f"engine unreachable: {type(exc).__name__}") from None
+    except httpx.TimeoutException as exc:
+        raise unavailable(f"engine timed out: {type(exc).__name__}", code="engine_timeout") from None
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        raise unavailable(f"engine connection lost: {type(exc).__name__}",
+                          code="engine_connection_lost") from None
+
+
+def http_client(connect_timeout_s: float, read_timeout_s: float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+
+
+@asynccontextmanager
+async def open_stream(client: httpx.AsyncClient, url: str, content: bytes,
+                      headers: dict[str, str]) -> AsyncIterator[httpx.Response]:
+    """POSTs and holds the streamed response; leaving the block (also by closing the generator that
+    holds it) closes the engine request. An error status is raised as its EngineError."""
+    with transport_errors():
+        async with client.stream("POST", url, content=content, headers=headers) as response:
+            if response.status_code != 200:
+                text = (await response.aread()).decode("utf-8", "replace")
+                raise status_error(response.status_code, text)
+            yield response
+
+
+async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    """The `data:` payloads of a server-sent event stream (TGI writes `data:`, others `data: `)."""
+    async for line in response.aiter_lines():
+        if line.startswith("data:"):
+            yield line[5:].strip()
+
+
+def bad_output(what: str = "a malformed stream event") -> EngineError:
+    return EngineError(f"engine sent {what}", status=502, retryable=True, code="engine_bad_output")
+
+
+def stream_cut() -> EngineError:
+    return unavailable("engine closed the stream before it finished", code="engine_connection_lost")
+
+
 class InferenceAdapter(Protocol):
     capabilities: frozenset[str]
 
     def stream_chat(self, body: dict[str, Any]) -> AsyncIterator[StreamPiece]:
         """Yields pieces as the engine produces them; closing the iterator closes the engine request."""
+        ...
+
+    def stream_completion(self, body: dict[str, Any]) -> AsyncIterator[StreamPiece]:
+        """A legacy /v1/completions request (`prompt`, `max_tokens`, ...) as pieces with `content`."""
+        ...
+
+    async def embed(self, body: dict[str, Any]) -> EmbeddingResult:
+        """An /v1/embeddings request (`input`); vectors are floats whatever `encoding_format` says."""
+        ...
+
+    async def ready(self) -> bool:
+        """Whether the engine answers its readiness probe now; never raises."""
         ...
 
     async def aclose(self) -> None: ...

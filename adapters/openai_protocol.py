@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import os
-from typing import Any, AsyncIterator, Union
+from typing import Any, AsyncIterator, Callable, Iterable, Union
 
 import httpx
 import msgspec
 
-from adapters.base import EngineError, StreamPiece, rejected, unavailable
+from adapters.base import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    PREFIX_CONTINUATION,
+    EmbeddingResult,
+    EngineError,
+    StreamPiece,
+    bad_output,
+    declared_capabilities,
+    http_client,
+    open_stream,
+    require,
+    sse_data,
+    status_error,
+    stream_cut,
+    transport_errors,
+)
 from schemas.catalog import EngineSpec
 from schemas.openai import Usage
 
@@ -40,101 +57,133 @@ class _Chunk(msgspec.Struct):
     error: Union[_ErrorBody, None] = None
 
 
-_chunk_decoder = msgspec.json.Decoder(_Chunk)
-_body_encoder = msgspec.json.Encoder()
+class _TextChoice(msgspec.Struct):
+    text: str = ""
+    finish_reason: Union[str, None] = None
+    index: int = 0
 
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+class _TextChunk(msgspec.Struct):
+    choices: list[_TextChoice] = []
+    usage: Union[Usage, None] = None
+    model: Union[str, None] = None
+    error: Union[_ErrorBody, None] = None
+
+
+class _Embedding(msgspec.Struct):
+    embedding: list[float]
+    index: int = 0
+
+
+class _EmbeddingUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+
+
+class _Embeddings(msgspec.Struct):
+    data: list[_Embedding]
+    usage: _EmbeddingUsage = msgspec.field(default_factory=_EmbeddingUsage)
+
+
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
+_text_chunk_decoder = msgspec.json.Decoder(_TextChunk)
+_embeddings_decoder = msgspec.json.Decoder(_Embeddings)
+_body_encoder = msgspec.json.Encoder()
 
 
 def classify_status(status: int, text: str) -> EngineError:
     """Map an engine's HTTP error to the client-facing error and its retry class."""
-    message = _error_message(text) or f"engine answered HTTP {status}"
-    if status in RETRYABLE_STATUS:
-        return unavailable(f"engine unavailable: {message}")
-    if status in (400, 413, 422):
-        return rejected(message, code="engine_rejected")
-    return EngineError(message, status=502, retryable=False, code="engine_error")
-
-
-def _error_message(text: str) -> str:
-    try:
-        data = msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        return text[:300]
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            return str(err.get("message", ""))[:300]
-        return str(err)[:300]
-    return ""
+    return status_error(status, text)
 
 
 class OpenAIProtocolAdapter:
-    capabilities = frozenset({"chat", "prefix_continuation"})
+    supported = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, PREFIX_CONTINUATION})
 
     def __init__(self, spec: EngineSpec, client: httpx.AsyncClient | None = None):
         self._spec = spec
-        self._url = spec.url.rstrip("/") + "/chat/completions"
+        self.capabilities = declared_capabilities(self.supported, spec.capabilities, spec.kind)
+        self._base = spec.url.rstrip("/")
         headers = {"content-type": "application/json"}
         key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
         if key:
             headers["authorization"] = f"Bearer {key}"
         self._headers = headers
-        self._client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(spec.read_timeout_s, connect=spec.connect_timeout_s),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        )
+        self._client = client or http_client(spec.connect_timeout_s, spec.read_timeout_s)
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def stream_chat(self, body: dict[str, Any]) -> AsyncIterator[StreamPiece]:
+    async def ready(self) -> bool:
+        try:
+            r = await self._client.get(self._base + "/models", headers=self._headers,
+                                       timeout=self._spec.connect_timeout_s)
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
+
+    def _payload(self, body: dict[str, Any], stream: bool) -> bytes:
         payload = dict(body)
         if self._spec.served_name:
             payload["model"] = self._spec.served_name
-        payload["stream"] = True
-        payload["stream_options"] = {"include_usage": True}
-        content = _body_encoder.encode(payload)
-        try:
-            async with self._client.stream("POST", self._url, content=content,
-                                           headers=self._headers) as response:
-                if response.status_code != 200:
-                    text = (await response.aread()).decode("utf-8", "replace")
-                    raise classify_status(response.status_code, text)
-                async for piece in _parse_sse(response):
-                    yield piece
-        except httpx.ConnectError as exc:
-            raise unavailable(f"engine unreachable: {type(exc).__name__}") from None
-        except httpx.TimeoutException as exc:
-            raise unavailable(f"engine timed out: {type(exc).__name__}", code="engine_timeout") from None
-        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            raise unavailable(f"engine connection lost: {type(exc).__name__}",
-                              code="engine_connection_lost") from None
+        if stream:
+            payload["stream"] = True
+            payload["stream_options"] = {"include_usage": True}
+        return _body_encoder.encode(payload)
 
+    async def stream_chat(self, body: dict[str, Any]) -> AsyncIterator[StreamPiece]:
+        require(self, CHAT, self._spec.kind)
+        async for piece in self._stream("/chat/completions", body, _chunk_decoder, _chat_pieces):
+            yield piece
 
-async def _parse_sse(response: httpx.Response) -> AsyncIterator[StreamPiece]:
-    finished = False
-    async for line in response.aiter_lines():
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            finished = True
-            break
+    async def stream_completion(self, body: dict[str, Any]) -> AsyncIterator[StreamPiece]:
+        require(self, COMPLETIONS, self._spec.kind)
+        async for piece in self._stream("/completions", body, _text_chunk_decoder, _text_pieces):
+            yield piece
+
+    async def embed(self, body: dict[str, Any]) -> EmbeddingResult:
+        require(self, EMBEDDINGS, self._spec.kind)
+        # Floats from the engine whatever the client asked: the serving layer encodes base64 itself.
+        content = self._payload({**body, "encoding_format": "float"}, stream=False)
+        with transport_errors():
+            r = await self._client.post(self._base + "/embeddings", content=content, headers=self._headers)
+        if r.status_code != 200:
+            raise status_error(r.status_code, r.text)
         try:
-            chunk = _chunk_decoder.decode(data)
+            out = _embeddings_decoder.decode(r.content)
         except msgspec.DecodeError:
-            raise EngineError("engine sent a malformed stream event", status=502,
-                              retryable=True, code="engine_bad_output") from None
-        if chunk.error is not None:
-            raise EngineError(chunk.error.message or "engine error", status=502,
-                              retryable=False, code="engine_error")
-        for choice in chunk.choices:
-            d = choice.delta
-            yield StreamPiece(content=d.content or "", reasoning=d.reasoning_content or "",
-                              role=d.role, tool_calls=d.tool_calls,
-                              finish_reason=choice.finish_reason, model=chunk.model)
-        if chunk.usage is not None:
-            yield StreamPiece(usage=chunk.usage, model=chunk.model)
-    if not finished:
-        raise unavailable("engine closed the stream before it finished", code="engine_connection_lost")
+            raise bad_output("a malformed embeddings response") from None
+        data = sorted(out.data, key=lambda e: e.index)
+        return EmbeddingResult(vectors=[e.embedding for e in data], prompt_tokens=out.usage.prompt_tokens)
+
+    async def _stream(self, path: str, body: dict[str, Any], decoder: msgspec.json.Decoder,
+                      pieces: Callable[[Any], Iterable[StreamPiece]]) -> AsyncIterator[StreamPiece]:
+        content = self._payload(body, stream=True)
+        async with open_stream(self._client, self._base + path, content, self._headers) as response:
+            async for data in sse_data(response):
+                if data == "[DONE]":
+                    return
+                try:
+                    chunk = decoder.decode(data)
+                except msgspec.DecodeError:
+                    raise bad_output() from None
+                if chunk.error is not None:
+                    raise EngineError(chunk.error.message or "engine error", status=502,
+                                      retryable=False, code="engine_error")
+                for piece in pieces(chunk):
+                    yield piece
+        raise stream_cut()
+
+
+def _chat_pieces(chunk: _Chunk) -> Iterable[StreamPiece]:
+    for choice in chunk.choices:
+        d = choice.delta
+        yield StreamPiece(content=d.content or "", reasoning=d.reasoning_content or "", role=d.role,
+                          tool_calls=d.tool_calls, finish_reason=choice.finish_reason, model=chunk.model)
+    if chunk.usage is not None:
+        yield StreamPiece(usage=chunk.usage, model=chunk.model)
+
+
+def _text_pieces(chunk: _TextChunk) -> Iterable[StreamPiece]:
+    for choice in chunk.choices:
+        yield StreamPiece(content=choice.text, finish_reason=choice.finish_reason, model=chunk.model)
+    if chunk.usage is not None:
+        yield StreamPiece(usage=chunk.usage, model=chunk.model)

@@ -14,13 +14,39 @@ Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][
 Queue = Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
 
 
+Capability = Literal["chat", "completions", "embeddings", "prefix_continuation"]
+
+
 class EngineSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    kind: Literal["openai"]
+    kind: Literal["openai", "tgi", "triton"]
     url: Annotated[str, Meta(pattern=r"^https?://")]
     served_name: str = ""
     api_key_env: str = ""
     connect_timeout_s: Annotated[float, Meta(gt=0)] = 2.0
     read_timeout_s: Annotated[float, Meta(gt=0)] = 120.0
+    # What this deployment serves; empty: everything its adapter can do.
+    capabilities: tuple[Capability, ...] = ()
+    # Triton (KServe v2): field and tensor names, and how chat messages become `text_input`.
+    triton_text_input: str = "text_input"
+    triton_text_output: str = "text_output"
+    triton_params_as_inputs: bool = False     # sampling options as top-level fields (tensors), not `parameters`
+    triton_cumulative_output: bool = False    # each stream event repeats the whole text so far
+    triton_embedding_input: str = "text_input"
+    triton_embedding_output: str = "embedding"
+    triton_embedding_input_dims: tuple[int, ...] = (1,)   # input shape is [n, *dims]
+    triton_chat_mode: Literal["transcript", "last_user"] = "transcript"
+    triton_message_format: str = "{role}: {content}\n"
+    triton_generation_prompt: str = "assistant:"
+    # text-embeddings-inference (kind tgi): /embed options
+    tei_normalize: bool = True
+    tei_truncate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind == "triton" and not self.served_name:
+            raise ValueError("a triton engine needs `served_name`, the model's name on Triton")
+        if "prefix_continuation" in self.capabilities and (
+                self.kind == "tgi" or (self.kind == "triton" and self.triton_chat_mode == "last_user")):
+            raise ValueError("this engine cannot continue a final assistant message (prefix_continuation)")
 
 
 class ModelLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
