@@ -66,3 +66,16 @@ async def read_events(js: JetStreamContext, job_id: str, after_seq: int = 0) -> 
                 return events
     finally:
         await sub.unsubscribe()
+
+
+async def ensure_secrets_bucket(js: JetStreamContext):
+    """Webhook secrets, by job id: kept out of Temporal's history, expired after a week."""
+    from nats.js.api import KeyValueConfig
+
+    from orchestration.webhooks import SECRETS_BUCKET
+
+    try:
+        return await js.key_value(SECRETS_BUCKET)
+    except Exception:
+        return await js.create_key_value(KeyValueConfig(bucket=SECRETS_BUCKET, ttl=7 * 24 * 3600,
+                                                        storage=StorageType.FILE))

@@ -15,8 +15,9 @@ from adapters.registry import build_adapter
 from orchestration.activities import InferenceActivities
 from orchestration.cancels import CANCEL_SUBJECT_PREFIX, CancelRegistry
 from orchestration.converter import data_converter
-from orchestration.streams import ensure_stream
-from orchestration.workflows import InferenceWorkflow
+from orchestration.streams import ensure_secrets_bucket, ensure_stream
+from orchestration.delivery import WebhookActivities
+from orchestration.workflows import InferenceWorkflow, WebhookWorkflow
 from schemas.catalog import Catalog
 
 
@@ -27,6 +28,9 @@ class WorkerConfig:
     nats_url: str
     queues: tuple[str, ...]
     coalesce_s: float = 0.005
+    cpu_queue: str = "cpu"  # webhooks and other CPU stages; "" to serve none
+    webhook_allow: tuple = ()
+    webhook_base_delay_s: float = 5.0
 
 
 async def connect_temporal(address: str, namespace: str) -> Client:
@@ -42,6 +46,7 @@ async def run_worker(config: WorkerConfig, catalog: Catalog, stop: asyncio.Event
     nc = await nats.connect(config.nats_url, name="switchyard-worker", max_reconnect_attempts=-1)
     js = nc.jetstream(publish_async_max_pending=16384)
     await ensure_stream(js)
+    secrets = await ensure_secrets_bucket(js)
     adapters = {m.id: build_adapter(m.engine) for m in models}
     cancels = CancelRegistry()
     await nc.subscribe(f"{CANCEL_SUBJECT_PREFIX}.*", cb=cancels.on_message)
@@ -58,6 +63,13 @@ async def run_worker(config: WorkerConfig, catalog: Catalog, stop: asyncio.Event
                 graceful_shutdown_timeout=timedelta(seconds=5),
             )
             await stack.enter_async_context(worker)
+        if config.cpu_queue:
+            hooks = WebhookActivities(secrets, config.webhook_allow, config.webhook_base_delay_s)
+            stack.push_async_callback(hooks.aclose)
+            await stack.enter_async_context(Worker(
+                client, task_queue=config.cpu_queue, workflows=[WebhookWorkflow],
+                activities=[hooks.deliver_webhook], max_concurrent_activities=64,
+                graceful_shutdown_timeout=timedelta(seconds=5)))
         await stop.wait()
     for adapter in adapters.values():
         await adapter.aclose()

@@ -7,10 +7,11 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.workflow import ParentClosePolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from schemas.jobs import InferenceSummary, TerminalNotice, WorkflowInput
+    from schemas.jobs import InferenceSummary, TerminalNotice, WebhookDelivery, WorkflowInput
     from schemas.openai import ErrorBody
 
 INFERENCE_WORKFLOW = "InferenceWorkflow"
@@ -26,7 +27,7 @@ class InferenceWorkflow:
         t, r = inp.timeouts, inp.retry
         job_id = inp.inference.job_id
         try:
-            return await workflow.execute_activity(
+            summary = await workflow.execute_activity(
                 "inference",
                 inp.inference,
                 task_queue=inp.task_queue,
@@ -46,13 +47,30 @@ class InferenceWorkflow:
             # Local activities run on this worker and take none of the engine's slots.
             await workflow.execute_local_activity(
                 "publish_terminal", TerminalNotice(job_id=job_id, kind="cancelled"), **_LOCAL)
+            await self._notify(inp, "job.cancelled", {"status": "cancelled"})
             raise
         except ActivityError as err:
             notice = failure_notice(job_id, err)
             await workflow.execute_local_activity("publish_terminal", notice, **_LOCAL)
             assert notice.error is not None
+            await self._notify(inp, "job.failed", {"status": "failed", "error": notice.error})
             raise ApplicationError(notice.error.message, notice.status, notice.error.code,
                                    type="JobFailed", non_retryable=True) from None
+        await self._notify(inp, "job.succeeded", {"status": "succeeded", "usage": summary.usage,
+                                                  "finish_reason": summary.finish_reason})
+        return summary
+
+    async def _notify(self, inp: WorkflowInput, event_type: str, data: dict) -> None:
+        if not inp.webhook_url:
+            return
+        job_id = inp.inference.job_id
+        delivery = WebhookDelivery(job_id=job_id, url=inp.webhook_url, event_type=event_type,
+                                   created_at=int(workflow.now().timestamp()),
+                                   data={"id": job_id, "object": "job", "model": inp.inference.model,
+                                         "result_url": f"/v1/jobs/{job_id}/result", **data})
+        await workflow.start_child_workflow(
+            WEBHOOK_WORKFLOW, delivery, id=f"{job_id}-webhook", task_queue=inp.webhook_queue,
+            parent_close_policy=ParentClosePolicy.ABANDON)
 
 
 def failure_notice(job_id: str, err: ActivityError) -> TerminalNotice:
@@ -69,3 +87,22 @@ def failure_notice(job_id: str, err: ActivityError) -> TerminalNotice:
     message = cause.message if isinstance(cause, ApplicationError) else "inference failed"
     return TerminalNotice(job_id=job_id, kind="failed", status=500,
                           error=ErrorBody(message=message, type="server_error", code="internal_error"))
+
+
+WEBHOOK_WORKFLOW = "WebhookWorkflow"
+
+
+@workflow.defn(name=WEBHOOK_WORKFLOW)
+class WebhookWorkflow:
+    """Delivers one webhook for hours if need be; the job's own workflow does not wait for it."""
+
+    @workflow.run
+    async def run(self, delivery: WebhookDelivery) -> int:
+        return await workflow.execute_activity(
+            "deliver_webhook", delivery, result_type=int,
+            start_to_close_timeout=timedelta(seconds=20),
+            schedule_to_close_timeout=timedelta(hours=24),
+            retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                                     maximum_interval=timedelta(hours=1), maximum_attempts=0,
+                                     non_retryable_error_types=["WebhookGone", "WebhookTargetRefused",
+                                                                "WebhookSecretMissing"]))

@@ -6,6 +6,8 @@ import os
 
 import msgspec
 
+from orchestration.webhooks import parse_allow_list
+
 
 class ProxySettings(msgspec.Struct, frozen=True):
     host: str = "127.0.0.1"
@@ -18,6 +20,7 @@ class ProxySettings(msgspec.Struct, frozen=True):
     max_body_bytes: int = 4 * 1024 * 1024
     keepalive_s: float = 15.0
     header_wait_s: float = 5.0
+    webhook_allow: tuple = ()
     log_level: str = "INFO"
 
     @classmethod
@@ -38,5 +41,6 @@ class ProxySettings(msgspec.Struct, frozen=True):
             max_body_bytes=int(e.get("SWITCHYARD_MAX_BODY_BYTES", str(4 * 1024 * 1024))),
             keepalive_s=float(e.get("SWITCHYARD_KEEPALIVE_S", "15")),
             header_wait_s=float(e.get("SWITCHYARD_HEADER_WAIT_S", "5")),
+            webhook_allow=parse_allow_list(e.get("SWITCHYARD_WEBHOOK_ALLOW", "")),
             log_level=e.get("SWITCHYARD_LOG_LEVEL", "INFO"),
         )

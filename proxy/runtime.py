@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -10,7 +11,7 @@ from nats.js import JetStreamContext
 from temporalio.client import Client
 
 from orchestration.catalog import load_catalog
-from orchestration.streams import ensure_stream
+from orchestration.streams import ensure_secrets_bucket, ensure_stream
 from orchestration.worker import connect_temporal
 from proxy.config import ProxySettings
 from schemas.catalog import Catalog
@@ -23,6 +24,7 @@ class Runtime:
     temporal: Client
     nc: NATS
     js: JetStreamContext
+    webhook_secrets: Any
 
     @classmethod
     async def start(cls, settings: ProxySettings) -> "Runtime":
@@ -31,7 +33,8 @@ class Runtime:
         nc = await nats.connect(settings.nats_url, name="switchyard-proxy", max_reconnect_attempts=-1)
         js = nc.jetstream()
         await ensure_stream(js)
-        return cls(settings, catalog, temporal, nc, js)
+        secrets = await ensure_secrets_bucket(js)
+        return cls(settings, catalog, temporal, nc, js, secrets)
 
     async def close(self) -> None:
         await self.nc.drain()

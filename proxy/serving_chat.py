@@ -74,7 +74,7 @@ class PreparedChat(msgspec.Struct):
 
 
 def prepare_chat(rt: Runtime, principal: Principal, raw: dict[str, Any], idempotency_key: str | None,
-                 metadata: dict[str, str] | None = None) -> PreparedChat:
+                 metadata: dict[str, str] | None = None, webhook_url: str = "") -> PreparedChat:
     req = validate_chat(raw)
     model = rt.catalog.get(req.model)
     if model is None:
@@ -90,10 +90,10 @@ def prepare_chat(rt: Runtime, principal: Principal, raw: dict[str, Any], idempot
     inp = WorkflowInput(
         inference=InferenceInput(job_id=job_id, model=model.id, endpoint=CHAT, body=body,
                                  created=created, include_usage=include_usage),
-        task_queue=model.task_queue, timeouts=model.timeouts, retry=model.retry)
+        task_queue=model.task_queue, timeouts=model.timeouts, retry=model.retry, webhook_url=webhook_url)
     memo = JobMemo(tenant=principal.tenant, endpoint=CHAT, model=model.id, created=created,
                    body_hash=body_hash(CHAT, raw), stream=req.stream, include_usage=include_usage,
-                   metadata=metadata or {})
+                   metadata=metadata or {}, webhook_url=webhook_url)
     return PreparedChat(req, model, inp, memo)
 
 

@@ -17,17 +17,37 @@ from proxy.runtime import Runtime
 from proxy.serving_chat import CHAT, prepare_chat
 from proxy.sse import KEEPALIVE, SSEResponse
 from orchestration.streams import read_events
+from orchestration.webhooks import WebhookTargetError, check_target, parse_secret
 from schemas.events import Cancelled, Delta, Failed, Finished, JobEvent, Restarted, Started
 
 _encoder = msgspec.json.Encoder()
 ENDPOINTS = (CHAT,)
 
 
+class Webhook(msgspec.Struct, forbid_unknown_fields=True):
+    url: str
+    secret: str
+
+
 class JobCreate(msgspec.Struct):
     endpoint: str
     body: dict[str, Any]
     metadata: dict[str, str] = {}
-    webhook: dict[str, Any] | None = None
+    webhook: Webhook | None = None
+
+
+async def _check_webhook(rt: Runtime, webhook: Webhook) -> None:
+    try:
+        parse_secret(webhook.secret)
+    except ValueError as exc:
+        raise InvalidRequest(f"Invalid webhook secret: {exc}.", param="webhook.secret") from None
+    if len(webhook.url) > 2048:
+        raise InvalidRequest("The webhook url is too long.", param="webhook.url")
+    try:
+        await check_target(webhook.url, rt.settings.webhook_allow)
+    except WebhookTargetError as exc:
+        raise InvalidRequest(f"Webhook target refused: {exc}.", param="webhook.url",
+                             code="webhook_target_refused") from None
 
 
 def _job_json(view: JobView, status: int = 200, extra: dict[str, str] | None = None) -> Response:
@@ -50,9 +70,13 @@ async def create_job(request: Request) -> Response:
                              param="endpoint", code="unsupported_endpoint")
     if len(spec.metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in spec.metadata.items()):
         raise InvalidRequest("metadata takes at most 16 keys of 64 characters, values of 512.", param="metadata")
+    if spec.webhook is not None:
+        await _check_webhook(rt, spec.webhook)
     chat = prepare_chat(rt, request.state.principal, spec.body, request.headers.get("idempotency-key"),
-                        spec.metadata)
+                        spec.metadata, spec.webhook.url if spec.webhook else "")
     request.state.model, request.state.job_id = chat.model.id, chat.job_id
+    if spec.webhook is not None:
+        await rt.webhook_secrets.put(chat.job_id, spec.webhook.secret.encode())
     await start_job(rt, chat.inp, chat.model, chat.memo)
     return await accepted_response(rt, chat.job_id, chat.memo.tenant)
 

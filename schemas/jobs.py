@@ -38,6 +38,8 @@ class WorkflowInput(msgspec.Struct, frozen=True):
     task_queue: str
     timeouts: StageTimeouts
     retry: RetrySpec
+    webhook_url: str = ""
+    webhook_queue: str = "cpu"
 
 
 class InferenceSummary(msgspec.Struct):
@@ -62,3 +64,13 @@ class JobOutcome(msgspec.Struct):
     status: str  # "succeeded" | "failed"
     summary: Union[InferenceSummary, None] = None
     error: Union[ErrorBody, None] = None
+
+
+class WebhookDelivery(msgspec.Struct, frozen=True):
+    """One webhook message: the job's end, signed and retried by the delivery activity."""
+
+    job_id: str
+    url: str
+    event_type: str  # job.succeeded | job.failed | job.cancelled
+    created_at: int
+    data: dict[str, Any]

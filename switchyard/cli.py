@@ -45,6 +45,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from orchestration.webhooks import parse_allow_list
     from orchestration.worker import WorkerConfig, run_worker
     from proxy.logs import configure_logging
 
@@ -57,6 +58,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         nats_url=os.environ.get("SWITCHYARD_NATS_URL", "nats://127.0.0.1:4222"),
         queues=queues,
         coalesce_s=float(os.environ.get("SWITCHYARD_COALESCE_MS", "5")) / 1000,
+        cpu_queue=os.environ.get("SWITCHYARD_CPU_QUEUE", "cpu"),
+        webhook_allow=parse_allow_list(os.environ.get("SWITCHYARD_WEBHOOK_ALLOW", "")),
+        webhook_base_delay_s=float(os.environ.get("SWITCHYARD_WEBHOOK_BASE_DELAY_S", "5")),
     )
 
     async def main() -> None:

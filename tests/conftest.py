@@ -81,6 +81,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         "SWITCHYARD_HEADER_WAIT_S": "4",
         "SWITCHYARD_LOG_LEVEL": "DEBUG",
         "SWITCHYARD_QUEUES": "gpu.test",
+        "SWITCHYARD_WEBHOOK_ALLOW": "127.0.0.1/32",
+        "SWITCHYARD_WEBHOOK_BASE_DELAY_S": "0.2",
     }
     try:
         started.append(start_temporal(ports["temporal"], base / "temporal.db", log_dir))
