@@ -4,9 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 ENGINE := .cache/engine/bin/llama-server
 
-.PHONY: install engine run test bench clean stop
+.PHONY: install engine nginx compose-schema run test bench clean stop
 
-install: $(VENV)/.installed engine
+install: $(VENV)/.installed engine nginx compose-schema
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ required"; exit 1; }
@@ -19,6 +19,16 @@ engine: $(ENGINE)
 
 $(ENGINE): scripts/build_engine.sh | $(VENV)/.installed
 	PYTHON=$(BIN)/python scripts/build_engine.sh
+
+compose-schema: .cache/compose-schema/compose_spec.json
+
+.cache/compose-schema/compose_spec.json: scripts/fetch_compose_schema.sh | $(VENV)/.installed
+	PYTHON=$(BIN)/python scripts/fetch_compose_schema.sh
+
+nginx: .cache/nginx/nginx   # Debian's nginx, unpacked for the edge tests (tests/test_nginx.py)
+
+.cache/nginx/nginx: scripts/fetch_nginx.sh
+	scripts/fetch_nginx.sh && touch $@
 
 run: install
 	$(BIN)/switchyard up
