@@ -156,8 +156,22 @@ def transport_errors() -> Iterator[None]:
 
 
 def http_client(connect_timeout_s: float, read_timeout_s: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
-                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+    client = httpx.AsyncClient(timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+                               limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+    traced(client)
+    return client
+
+
+def traced(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """Engine calls as OpenTelemetry CLIENT spans (the request's `traceparent` goes to the engine, so
+    an engine that traces joins too). A streamed call's span ends at the response headers; the
+    activity's span covers the generation. The process's tracer provider decides whether it records."""
+    try:
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    except ImportError:  # telemetry is optional for the adapters
+        return client
+    HTTPXClientInstrumentor.instrument_client(client)
+    return client
 
 
 @asynccontextmanager

@@ -68,12 +68,15 @@ _FLOAT_TYPES = frozenset({"FP16", "BF16", "FP32", "FP64"})
 class TritonAdapter:
     supported = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, PREFIX_CONTINUATION})
 
+    @classmethod
+    def supported_for(cls, spec: EngineSpec) -> frozenset[str]:
+        if spec.triton_chat_mode == "last_user":  # history is dropped: nothing to continue
+            return cls.supported - {PREFIX_CONTINUATION}
+        return cls.supported
+
     def __init__(self, spec: EngineSpec, client: httpx.AsyncClient | None = None):
         self._spec = spec
-        supported = self.supported
-        if spec.triton_chat_mode == "last_user":  # history is dropped: nothing to continue
-            supported = supported - {PREFIX_CONTINUATION}
-        self.capabilities = declared_capabilities(supported, spec.capabilities, spec.kind)
+        self.capabilities = declared_capabilities(self.supported_for(spec), spec.capabilities, spec.kind)
         self._model_url = f"{spec.url.rstrip('/')}/v2/models/{quote(spec.served_name, safe='')}"
         self._headers = {"content-type": "application/json"}
         self._client = client or http_client(spec.connect_timeout_s, spec.read_timeout_s)

@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Mapping
+from typing import Any, AsyncIterator, Mapping
 
+import msgspec
 from nats.js import JetStreamContext
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from adapters.base import EngineError, InferenceAdapter
+from adapters.base import EngineError, InferenceAdapter, StreamPiece, rejected
 from orchestration.cancels import CancelRegistry
-from orchestration.continuation import Delivered, PrefixEchoStripper, continuation_body, delivered
+from orchestration.continuation import (
+    Delivered,
+    PrefixEchoStripper,
+    completion_continuation_body,
+    continuation_body,
+    delivered,
+)
+from orchestration.embeddings import embeddings_body
+from orchestration.objectstore import ObjectNotFound, ObjectStore, object_store_from_env, result_key
 from orchestration.publisher import EventPublisher
 from orchestration.streams import last_event, read_events
-from schemas.events import Finished, is_terminal
-from schemas.jobs import InferenceInput, InferenceSummary, TerminalNotice
+from schemas.events import Delta, Finished, is_terminal
+from schemas.jobs import (
+    COMPLETIONS_ENDPOINT,
+    EMBEDDINGS_ENDPOINT,
+    InferenceInput,
+    InferenceSummary,
+    Settlement,
+    SettlementRequest,
+    TerminalNotice,
+)
 from schemas.openai import Usage
 
 ENGINE_ERROR = "EngineError"
@@ -30,11 +47,13 @@ def engine_failure(exc: EngineError) -> ApplicationError:
 
 class InferenceActivities:
     def __init__(self, js: JetStreamContext, adapters: Mapping[str, InferenceAdapter],
-                 cancels: CancelRegistry | None = None, coalesce_s: float = 0.005):
+                 cancels: CancelRegistry | None = None, coalesce_s: float = 0.005,
+                 objects: ObjectStore | None = None):
         self._js = js
         self._adapters = adapters
         self._cancels = cancels or CancelRegistry()
         self._coalesce_s = coalesce_s
+        self._objects = objects or object_store_from_env()
 
     @activity.defn(name="inference")
     async def inference(self, inp: InferenceInput) -> InferenceSummary:
@@ -48,26 +67,37 @@ class InferenceActivities:
             ended = next((e for e in events if is_terminal(e)), None)
             if isinstance(ended, Finished):  # the last attempt finished but died before reporting
                 return InferenceSummary(finish_reason=ended.finish_reason, usage=ended.usage,
-                                        last_seq=ended.seq, attempt=info.attempt)
+                                        last_seq=ended.seq, attempt=info.attempt, result_ref=ended.result_ref)
             if ended is not None:
                 raise ApplicationError("the job already ended", type=JOB_ENDED, non_retryable=True)
             prior = delivered(events)
         publisher = EventPublisher(self._js, inp.job_id, info.attempt, prior.last_seq, self._coalesce_s,
                                    tokens_before=prior.tokens)
-        body, stripper = inp.body, None
+        body, stripper = await self._body(inp), None
+        resumed = None
+        if prior.text and not (prior.reasoning or prior.tool_calls):
+            if inp.endpoint == COMPLETIONS_ENDPOINT:  # the delivered text joins the prompt
+                resumed = completion_continuation_body(body, prior.text, prior.tokens)
+            elif "prefix_continuation" in adapter.capabilities:
+                resumed = continuation_body(body, prior.text, prior.tokens)
+                stripper = PrefixEchoStripper(prior.text)
         if prior.text or prior.reasoning or prior.tool_calls:
-            if prior.reasoning or prior.tool_calls or "prefix_continuation" not in adapter.capabilities:
+            if resumed is None:
                 await publisher.restarted("the engine cannot continue the delivered output; it starts over")
                 prior = Delivered(last_seq=publisher.seq)
                 publisher = EventPublisher(self._js, inp.job_id, info.attempt, publisher.seq,
                                            self._coalesce_s)
             else:
-                body = continuation_body(body, prior.text, prior.tokens)
-                stripper = PrefixEchoStripper(prior.text)
+                body = resumed
         await publisher.started(resumed_from=prior.last_seq if prior.text else 0)
 
         cancelled = self._cancels.register(inp.job_id)
-        run = asyncio.ensure_future(self._generate(adapter, body, publisher, stripper))
+        result_ref = ""
+        if inp.endpoint == EMBEDDINGS_ENDPOINT:
+            work = self._embed(adapter, inp, body)
+        else:
+            work = self._generate(self._pieces(adapter, inp.endpoint, body), publisher, stripper)
+        run = asyncio.ensure_future(work)
         heartbeat = asyncio.ensure_future(self._heartbeat(publisher, info.heartbeat_timeout))
         stop = asyncio.ensure_future(cancelled.wait())
         try:
@@ -77,7 +107,7 @@ class InferenceActivities:
                 await asyncio.gather(run, return_exceptions=True)
                 await publisher.cancelled("cancelled by the client")
                 raise ApplicationError("the job was cancelled", type=JOB_CANCELLED, non_retryable=True)
-            finish_reason, usage = run.result()
+            finish_reason, usage, result_ref = run.result()
         except asyncio.CancelledError:  # Temporal delivered the cancellation
             run.cancel()
             await asyncio.gather(run, return_exceptions=True)
@@ -95,15 +125,46 @@ class InferenceActivities:
                           completion_tokens=usage.completion_tokens + prior.tokens,
                           total_tokens=usage.total_tokens)
         last_seq = await publisher.finish({"finish_reason": finish_reason, "usage": usage,
-                                           "model": inp.model, "created": inp.created})
+                                           "model": inp.model, "created": inp.created,
+                                           "result_ref": result_ref})
         return InferenceSummary(finish_reason=finish_reason, usage=usage, last_seq=last_seq,
-                                attempt=info.attempt)
+                                attempt=info.attempt, result_ref=result_ref)
 
-    async def _generate(self, adapter: InferenceAdapter, body: dict, publisher: EventPublisher,
-                        stripper: PrefixEchoStripper | None) -> tuple[str | None, Usage]:
+    async def _body(self, inp: InferenceInput) -> dict[str, Any]:
+        """The request body, loaded from the object store when it came by reference (claim check)."""
+        if not inp.body_ref:
+            return inp.body
+        try:
+            return msgspec.json.decode(await self._objects.get(inp.body_ref))
+        except ObjectNotFound:
+            raise engine_failure(EngineError("the request body is no longer in the object store",
+                                             status=500, retryable=False, code="body_missing")) from None
+
+    @staticmethod
+    def _pieces(adapter: InferenceAdapter, endpoint: str, body: dict) -> AsyncIterator[StreamPiece]:
+        if endpoint == COMPLETIONS_ENDPOINT:
+            return adapter.stream_completion(body)
+        return adapter.stream_chat(body)
+
+    async def _embed(self, adapter: InferenceAdapter, inp: InferenceInput,
+                     body: dict) -> tuple[None, Usage, str]:
+        """Embeds, writes the response body to the object store and hands on only its reference:
+        vectors never enter Temporal's history or the event stream."""
+        result = await adapter.embed(body)
+        dimensions = inp.options.get("truncate_dimensions")
+        try:
+            data = embeddings_body(result.vectors, inp.model, result.prompt_tokens,
+                                   inp.options.get("encoding_format", "float"), dimensions)
+        except ValueError as exc:
+            raise rejected(str(exc), param="dimensions") from None
+        ref = await self._objects.put(result_key(inp.job_id), data)
+        return None, Usage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens), ref
+
+    async def _generate(self, pieces: AsyncIterator[StreamPiece], publisher: EventPublisher,
+                        stripper: PrefixEchoStripper | None) -> tuple[str | None, Usage, str]:
         usage = Usage()
         finish_reason: str | None = None
-        async for piece in adapter.stream_chat(body):
+        async for piece in pieces:
             content = piece.content
             if stripper is not None and content:
                 content = stripper.feed(content)
@@ -119,13 +180,23 @@ class InferenceActivities:
             rest = stripper.flush()
             if rest:
                 await publisher.add_text(rest)
-        return finish_reason, usage
+        return finish_reason, usage, ""
 
     async def _heartbeat(self, publisher: EventPublisher, timeout) -> None:
         every = max(0.5, timeout.total_seconds() / 4) if timeout else 2.0
         while True:
             activity.heartbeat(publisher.seq)
             await asyncio.sleep(every)
+
+    @activity.defn(name="publish_settlement")
+    async def publish_settlement(self, req: SettlementRequest) -> None:
+        actual = req.actual_tokens
+        if actual is None:
+            events = await read_events(self._js, req.job_id)
+            delivered_tokens = max((e.total for e in events if isinstance(e, Delta)), default=0)
+            actual = delivered_tokens + req.prompt_estimate if delivered_tokens else 0
+        body = msgspec.json.encode(Settlement(job_id=req.job_id, admission=req.admission, actual_tokens=actual))
+        await self._js.publish(f"sy.settle.{req.job_id}", body, headers={"Nats-Msg-Id": f"settle:{req.job_id}"})
 
     @activity.defn(name="publish_terminal")
     async def publish_terminal(self, notice: TerminalNotice) -> int:

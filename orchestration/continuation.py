@@ -49,6 +49,21 @@ def continuation_body(body: dict[str, Any], prefix: str, tokens_used: int) -> di
     return out
 
 
+def completion_continuation_body(body: dict[str, Any], prefix: str, tokens_used: int) -> dict[str, Any] | None:
+    """The legacy completions request that continues `prefix`: the delivered text appended to the
+    prompt. None where that cannot be done faithfully (a token-id prompt, `echo`)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or body.get("echo"):
+        return None
+    out = dict(body)
+    out["prompt"] = prompt + prefix
+    if isinstance(body.get("max_tokens"), int):
+        out["max_tokens"] = max(1, body["max_tokens"] - tokens_used)
+    return out
+
+
 class PrefixEchoStripper:
     """Removes an echo of the delivered prefix from the start of a continuation.
 

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from nats.js import JetStreamContext
 
 from orchestration.streams import job_subject
+from orchestration.telemetry import trace_headers
 from schemas.events import (
     Cancelled,
     Delta,
@@ -48,6 +49,8 @@ class EventPublisher:
         self._acks: list[asyncio.Future[Any]] = []
         self._lock = asyncio.Lock()
         self.deltas_published = 0
+        # The attempt's trace context (`traceparent`), sent with every event so readers join the trace.
+        self._trace = trace_headers()
 
     @property
     def seq(self) -> int:
@@ -144,7 +147,7 @@ class EventPublisher:
 
     async def _publish(self, event: JobEvent) -> None:
         mid = terminal_msg_id(self._job_id) if is_terminal(event) else msg_id(self._job_id, self._attempt, event.seq)
-        headers = {"Nats-Msg-Id": mid}
+        headers = {"Nats-Msg-Id": mid, **self._trace} if self._trace else {"Nats-Msg-Id": mid}
         fut = await self._js.publish_async(self._subject, event_encoder.encode(event), headers=headers)
         self._acks.append(fut)
         if self._on_flush is not None:

@@ -79,3 +79,18 @@ async def ensure_secrets_bucket(js: JetStreamContext):
     except Exception:
         return await js.create_key_value(KeyValueConfig(bucket=SECRETS_BUCKET, ttl=7 * 24 * 3600,
                                                         storage=StorageType.FILE))
+
+
+SETTLE_STREAM = "SWITCHYARD_SETTLE"
+
+
+async def ensure_settle_stream(js: JetStreamContext) -> None:
+    from nats.js.api import RetentionPolicy
+
+    config = StreamConfig(name=SETTLE_STREAM, subjects=["sy.settle.>"], storage=StorageType.FILE,
+                          retention=RetentionPolicy.WORK_QUEUE, duplicate_window=600.0,
+                          max_age=7 * 24 * 3600)
+    try:
+        await js.add_stream(config)
+    except Exception:
+        await js.update_stream(config)

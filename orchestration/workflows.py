@@ -11,7 +11,13 @@ from temporalio.workflow import ParentClosePolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from schemas.jobs import InferenceSummary, TerminalNotice, WebhookDelivery, WorkflowInput
+    from schemas.jobs import (
+        InferenceSummary,
+        SettlementRequest,
+        TerminalNotice,
+        WebhookDelivery,
+        WorkflowInput,
+    )
     from schemas.openai import ErrorBody
 
 INFERENCE_WORKFLOW = "InferenceWorkflow"
@@ -47,18 +53,28 @@ class InferenceWorkflow:
             # Local activities run on this worker and take none of the engine's slots.
             await workflow.execute_local_activity(
                 "publish_terminal", TerminalNotice(job_id=job_id, kind="cancelled"), **_LOCAL)
+            await self._settle(inp, None)
             await self._notify(inp, "job.cancelled", {"status": "cancelled"})
             raise
         except ActivityError as err:
             notice = failure_notice(job_id, err)
             await workflow.execute_local_activity("publish_terminal", notice, **_LOCAL)
             assert notice.error is not None
+            await self._settle(inp, None)
             await self._notify(inp, "job.failed", {"status": "failed", "error": notice.error})
             raise ApplicationError(notice.error.message, notice.status, notice.error.code,
                                    type="JobFailed", non_retryable=True) from None
+        await self._settle(inp, summary.usage.total_tokens)
         await self._notify(inp, "job.succeeded", {"status": "succeeded", "usage": summary.usage,
                                                   "finish_reason": summary.finish_reason})
         return summary
+
+    async def _settle(self, inp: WorkflowInput, actual: int | None) -> None:
+        if inp.admission is None:
+            return
+        request = SettlementRequest(job_id=inp.inference.job_id, admission=inp.admission,
+                                    actual_tokens=actual, prompt_estimate=inp.prompt_estimate)
+        await workflow.execute_local_activity("publish_settlement", request, **_LOCAL)
 
     async def _notify(self, inp: WorkflowInput, event_type: str, data: dict) -> None:
         if not inp.webhook_url:

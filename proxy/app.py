@@ -13,10 +13,15 @@ from proxy.auth import KeyRing
 from proxy.config import ProxySettings
 from proxy.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
 from proxy.middleware import AuthMiddleware, RequestIdMiddleware
+from proxy.openapi import openapi_endpoint
 from proxy.runtime import Runtime
+from proxy.telemetry import TelemetryMiddleware, metrics_endpoint
 from proxy.serving_chat import chat_completions
+from proxy.serving_completions import completions
+from proxy.serving_embeddings import embeddings
 from proxy.serving_health import healthz, readyz
 from proxy.serving_jobs import cancel, create_job, events, get_job, list_all, result
+from proxy.serving_admin import ROUTES as ADMIN_ROUTES
 from proxy.serving_models import get_model, list_models
 from proxy.serving_ws import websocket_endpoint
 
@@ -34,6 +39,8 @@ def create_app(settings: ProxySettings) -> Starlette:
     keys = KeyRing(settings.api_keys)
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/jobs", create_job, methods=["POST"]),
         Route("/v1/jobs", list_all, methods=["GET"]),
         Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
@@ -43,12 +50,16 @@ def create_app(settings: ProxySettings) -> Starlette:
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         WebSocketRoute("/v1/ws", websocket_endpoint),
+        *ADMIN_ROUTES,
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestIdMiddleware),
+        middleware=[Middleware(TelemetryMiddleware),  # outermost: its span covers the access log line
+                    Middleware(RequestIdMiddleware),
                     Middleware(AuthMiddleware, keys=keys)],
         exception_handlers={APIError: handle_api_error, HTTPException: handle_http_exception,
                             Exception: handle_unexpected},

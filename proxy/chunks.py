@@ -13,14 +13,17 @@ import msgspec
 from proxy.errors import APIError, envelope_bytes
 from proxy.sse import DONE, frame
 from schemas.events import Cancelled, Delta, Failed, Finished, JobEvent, Restarted, Started
+from schemas.jobs import COMPLETIONS_ENDPOINT, EMBEDDINGS_ENDPOINT
 from schemas.openai import (
     ChatCompletion,
     ChatCompletionChunk,
     Choice,
     ChunkChoice,
     ChunkDelta,
+    CompletionChoice,
     ErrorBody,
     ResponseMessage,
+    TextCompletion,
 )
 
 _encoder = msgspec.json.Encoder()
@@ -143,3 +146,59 @@ class ToolCallMerger:
 
     def result(self) -> list[dict[str, Any]]:
         return [self.calls[i] for i in sorted(self.calls)]
+
+
+class TextChunkWriter(ChunkWriter):
+    """Frames of POST /v1/completions' stream: `text_completion` chunks with `choices[].text`."""
+
+    def text_chunk(self, choices: list[CompletionChoice], **extra: Any) -> bytes:
+        return _encoder.encode(TextCompletion(id=self.job_id, created=self.created, model=self.model,
+                                              choices=choices, **extra))
+
+    def delta_chunk(self, event: Delta) -> bytes:
+        return self.text_chunk([CompletionChoice(index=0, text=event.content)])
+
+    def finish_frames(self, event: Finished) -> bytes:
+        out = frame(self.text_chunk([CompletionChoice(index=0, text="",
+                                                      finish_reason=event.finish_reason or "stop")]), event.seq)
+        if self.include_usage:
+            out += frame(self.text_chunk([], usage=event.usage), event.seq)
+        return out
+
+
+class TextCompletionAssembler(CompletionAssembler):
+    """Collects a completions job's events into the `text_completion` the endpoint returns."""
+
+    def _completion(self, event: Finished) -> TextCompletion:  # type: ignore[override]
+        c = self.chunks
+        return TextCompletion(id=c.job_id, created=c.created, model=c.model, usage=event.usage,
+                              choices=[CompletionChoice(index=0, text="".join(self.text),
+                                                        finish_reason=event.finish_reason or "stop")])
+
+
+class ResultWriter(ChunkWriter):
+    """A job whose result is an object (embeddings): no chunks; its end names the result."""
+
+    def delta_chunk(self, event: Delta) -> bytes:
+        return b"{}"
+
+    def finish_frames(self, event: Finished) -> bytes:
+        return b""
+
+
+class ResultAssembler(CompletionAssembler):
+    """Yields the job's `Finished` event: its `result_ref` names the stored response body."""
+
+    def _completion(self, event: Finished) -> Finished:  # type: ignore[override]
+        return event
+
+
+def writer_for(endpoint: str, job_id: str, model: str, created: int, include_usage: bool) -> ChunkWriter:
+    kind = {COMPLETIONS_ENDPOINT: TextChunkWriter, EMBEDDINGS_ENDPOINT: ResultWriter}.get(endpoint, ChunkWriter)
+    return kind(job_id, model, created, include_usage)
+
+
+def assembler_for(endpoint: str, chunks: ChunkWriter) -> CompletionAssembler:
+    kind = {COMPLETIONS_ENDPOINT: TextCompletionAssembler,
+            EMBEDDINGS_ENDPOINT: ResultAssembler}.get(endpoint, CompletionAssembler)
+    return kind(chunks)

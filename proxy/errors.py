@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -71,8 +73,6 @@ class _Throttled(APIError):
 
     def __init__(self, message: str, *, retry_after: float = 1.0, headers: dict[str, str] | None = None,
                  **kwargs):
-        import math
-
         self.retry_after = max(0.0, float(retry_after))
         merged = dict(headers or {})
         merged["retry-after"] = str(max(1, math.ceil(self.retry_after)))

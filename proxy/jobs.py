@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Union
 
 import msgspec
@@ -16,6 +16,7 @@ import structlog
 from temporalio.api.enums.v1.workflow_pb2 import PENDING_ACTIVITY_STATE_STARTED
 from temporalio.client import WorkflowExecutionDescription, WorkflowExecutionStatus
 from temporalio.common import (
+    Priority,
     SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
@@ -25,6 +26,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from orchestration.cancels import cancel_subject
+from orchestration.objectstore import request_key
 from orchestration.streams import last_event
 from orchestration.workflows import INFERENCE_WORKFLOW
 from proxy.errors import APIError, NotFound, ServiceUnavailable
@@ -47,11 +49,11 @@ class IdempotencyConflict(APIError):
     code = "idempotency_key_reused"
 
 
-def new_job_id(tenant: str, idempotency_key: str | None, fresh: str) -> str:
+def new_job_id(tenant: str, idempotency_key: str | None, fresh: str, prefix: str = "chatcmpl") -> str:
     if not idempotency_key:
-        return f"chatcmpl-{fresh}"
+        return f"{prefix}-{fresh}"
     digest = hashlib.sha256(f"{tenant}\x00{idempotency_key}".encode()).hexdigest()[:32]
-    return f"chatcmpl-{digest}"
+    return f"{prefix}-{digest}"
 
 
 def body_hash(endpoint: str, raw: dict[str, Any]) -> str:
@@ -68,6 +70,7 @@ class JobMemo(msgspec.Struct, omit_defaults=True):
     include_usage: bool = False
     metadata: dict[str, str] = {}
     webhook_url: str = ""
+    pii: dict[str, int] = {}  # PII found and masked, by kind
 
 
 async def start_job(rt: Runtime, inp: WorkflowInput, model: ModelEntry, memo: JobMemo) -> bool:
@@ -75,24 +78,54 @@ async def start_job(rt: Runtime, inp: WorkflowInput, model: ModelEntry, memo: Jo
     t = model.timeouts
     run_timeout = t.schedule_to_start_s + (t.start_to_close_s + 60) * model.retry.maximum_attempts
     job_id = inp.inference.job_id
+    inp = await claim_check(rt, inp)
     try:
         await rt.temporal.start_workflow(
             INFERENCE_WORKFLOW, inp, id=job_id, task_queue=model.task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             execution_timeout=timedelta(seconds=run_timeout),
             search_attributes=TypedSearchAttributes([SearchAttributePair(TENANT, memo.tenant)]),
-            memo=msgspec.to_builtins(memo))
+            memo=msgspec.to_builtins(memo),
+            priority=Priority(priority_key=inp.priority) if inp.priority else Priority.default)
         return True
     except WorkflowAlreadyStartedError:
+        await _release(rt, inp)  # a repeat runs nothing: its reservation goes back
         existing = await _memo_of(rt, job_id)
         if existing is None or existing.tenant != memo.tenant or existing.body_hash != memo.body_hash:
             raise IdempotencyConflict("This Idempotency-Key was already used with a different request.",
                                       param="Idempotency-Key") from None
         return False
     except Exception as exc:
+        await _release(rt, inp)
         log.error("workflow_start_failed", error_type=type(exc).__name__)
         raise ServiceUnavailable("The job could not be started; please retry.",
                                  code="orchestrator_unavailable") from None
+
+
+async def _release(rt: Runtime, inp: WorkflowInput) -> None:
+    if inp.admission is not None and rt.limiter is not None:
+        from proxy.limits import Admission
+
+        await rt.limiter.settle(msgspec.convert(inp.admission, Admission), 0)
+
+
+async def claim_check(rt: Runtime, inp: WorkflowInput) -> WorkflowInput:
+    """A request body over the claim-check threshold goes to the object store; the workflow input
+    carries its reference (Temporal refuses payloads over 2 MB and keeps every one in history)."""
+    inference = inp.inference
+    if inference.body_ref or not inference.body:
+        return inp
+    data = _encoder.encode(inference.body)
+    if len(data) <= rt.claim_check_bytes:
+        return inp
+    try:
+        key = request_key(inference.job_id, hashlib.sha256(data).hexdigest()[:16])
+        ref = await rt.objects.put(key, data)
+    except Exception as exc:
+        log.error("object_store_put_failed", error_type=type(exc).__name__)
+        raise ServiceUnavailable("The object store is unavailable; please retry.",
+                                 code="object_store_unavailable") from None
+    return msgspec.structs.replace(inp, inference=msgspec.structs.replace(inference, body={}, body_ref=ref))
 
 
 async def _memo_of(rt: Runtime, job_id: str) -> JobMemo | None:
@@ -119,6 +152,7 @@ class JobView(msgspec.Struct, kw_only=True):
     finish_reason: Union[str, None] = None
     error: Union[ErrorBody, None] = None
     last_event_id: int = 0
+    pii: dict[str, int] = {}
     metadata: dict[str, str] = {}
     result_url: str
     events_url: str
@@ -157,7 +191,7 @@ async def _view(rt: Runtime, job_id: str, desc: WorkflowExecutionDescription, me
     attempts = max([pa.attempt for pa in pending] + [event.attempt if event else 0])
     s = desc.status
     view = JobView(id=job_id, endpoint=memo.endpoint, model=memo.model, status="queued", stage="queued",
-                   created_at=memo.created, attempts=attempts, metadata=memo.metadata,
+                   created_at=memo.created, attempts=attempts, metadata=memo.metadata, pii=memo.pii,
                    last_event_id=event.seq if event else 0,
                    result_url=f"/v1/jobs/{job_id}/result", events_url=f"/v1/jobs/{job_id}/events")
     if event is not None:
@@ -199,16 +233,37 @@ async def cancel_job(rt: Runtime, job_id: str) -> None:
 
 
 async def list_jobs(rt: Runtime, tenant: str, limit: int, after: str | None) -> tuple[list[str], bool]:
-    query = f"SwitchyardTenant = '{tenant}'"
+    """The tenant's jobs, newest first. Temporal's visibility store cannot sort by start time, so this
+    walks back in time windows (1 h, then 4x wider each step), sorting each window's jobs itself."""
+    if not re.match(r"^[A-Za-z0-9._-]+$", tenant):
+        return [], False
+    upper = datetime.now(timezone.utc) + timedelta(seconds=5)
     if after:
-        desc = await rt.temporal.get_workflow_handle(after).describe()
+        not_found = NotFound(f"No job found with id '{after}'.", param="after", code="job_not_found")
+        if not _JOB_ID.match(after):
+            raise not_found
+        try:
+            desc = await rt.temporal.get_workflow_handle(after).describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise not_found from None
+            raise ServiceUnavailable("Job state is unavailable; please retry.",
+                                     code="orchestrator_unavailable") from None
         if desc.typed_search_attributes.get(TENANT) != tenant:
-            raise NotFound(f"No job found with id '{after}'.", param="after", code="job_not_found")
-        query += f" AND StartTime < '{desc.start_time.isoformat()}'"
-    ids: list[str] = []
-    async for wf in rt.temporal.list_workflows(query, page_size=limit + 1, limit=limit + 1):
-        ids.append(wf.id)
-    return ids[:limit], len(ids) > limit
+            raise not_found
+        upper = desc.start_time
+    oldest = upper - timedelta(days=31)
+    span = timedelta(hours=1)
+    found: list[tuple[datetime, str]] = []
+    while len(found) <= limit and upper > oldest:
+        lower = max(oldest, upper - span)
+        query = (f"SwitchyardTenant = '{tenant}' AND StartTime < '{upper.isoformat()}' "
+                 f"AND StartTime >= '{lower.isoformat()}'")
+        window = [(wf.start_time, wf.id) async for wf in rt.temporal.list_workflows(query)
+                  if wf.workflow_type == INFERENCE_WORKFLOW]
+        found += sorted(window, reverse=True)
+        upper, span = lower, span * 4
+    return [job_id for _, job_id in found[:limit]], len(found) > limit
 
 
 def etag_of(view: JobView) -> str:

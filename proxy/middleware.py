@@ -36,7 +36,11 @@ class RequestIdMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                extra = [(b"x-request-id", request_id.encode())]
+                limits = scope.get("state", {}).get("ratelimit_headers")
+                if limits and message["status"] < 400:
+                    extra += [(k.encode(), v.encode()) for k, v in limits.items()]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -62,7 +66,9 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         token = bearer_token(_header(scope, b"authorization") or "")
-        principal = self.keys.verify(token) if token else None
+        runtime = getattr(scope["app"].state, "runtime", None) if "app" in scope else None
+        keys = runtime.keystore if runtime is not None and runtime.keystore is not None else self.keys
+        principal = keys.verify(token) if token else None
         if principal is None:
             message = ("You didn't provide an API key. Pass it as 'Authorization: Bearer <key>'."
                        if token is None else "Incorrect API key provided.")

@@ -9,19 +9,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.body import read_json_body
-from proxy.chunks import ChunkWriter, CompletionAssembler, terminal_error
+from proxy.chunks import ChunkWriter, assembler_for, terminal_error, writer_for
 from proxy.errors import APIError, InvalidRequest
 from proxy.jobs import Job, JobView, accepted_response, etag_of, list_jobs, load_job, start_job
 from proxy.relay import EventFeed
+from proxy.gatekeeping import admit_job
 from proxy.runtime import Runtime
 from proxy.serving_chat import CHAT, prepare_chat
+from proxy.serving_completions import COMPLETIONS, prepare_completion
+from proxy.serving_embeddings import EMBEDDINGS, prepare_embedding, stored_result
 from proxy.sse import KEEPALIVE, SSEResponse
 from orchestration.streams import read_events
 from orchestration.webhooks import WebhookTargetError, check_target, parse_secret
 from schemas.events import Cancelled, Delta, Failed, Finished, JobEvent, Restarted, Started
 
 _encoder = msgspec.json.Encoder()
-ENDPOINTS = (CHAT,)
+PREPARE = {CHAT: prepare_chat, COMPLETIONS: prepare_completion, EMBEDDINGS: prepare_embedding}
+ENDPOINTS = tuple(PREPARE)
 
 
 class Webhook(msgspec.Struct, forbid_unknown_fields=True):
@@ -72,9 +76,10 @@ async def create_job(request: Request) -> Response:
         raise InvalidRequest("metadata takes at most 16 keys of 64 characters, values of 512.", param="metadata")
     if spec.webhook is not None:
         await _check_webhook(rt, spec.webhook)
-    chat = prepare_chat(rt, request.state.principal, spec.body, request.headers.get("idempotency-key"),
-                        spec.metadata, spec.webhook.url if spec.webhook else "")
+    chat = PREPARE[spec.endpoint](rt, request.state.principal, spec.body, request.headers.get("idempotency-key"),
+                                  spec.metadata, spec.webhook.url if spec.webhook else "")
     request.state.model, request.state.job_id = chat.model.id, chat.job_id
+    chat = await admit_job(request, rt, request.state.principal, chat)
     if spec.webhook is not None:
         await rt.webhook_secrets.put(chat.job_id, spec.webhook.secret.encode())
     await start_job(rt, chat.inp, chat.model, chat.memo)
@@ -114,10 +119,12 @@ async def result(request: Request) -> Response:
     if not job.view.finished:
         raise APIError(f"Job '{job.view.id}' has not finished (status: {job.view.status}).", status=409,
                        type="invalid_request_error", code="job_not_finished", headers={"retry-after": "1"})
-    chunks = ChunkWriter(job.view.id, job.memo.model, job.memo.created, False)
-    assembler = CompletionAssembler(chunks)
+    chunks = writer_for(job.memo.endpoint, job.view.id, job.memo.model, job.memo.created, False)
+    assembler = assembler_for(job.memo.endpoint, chunks)
     for event in await read_events(rt.js, job.view.id):
         completion = assembler.add(event)
+        if isinstance(completion, Finished):  # the result is an object in the store
+            return await stored_result(rt, completion, {"x-job-id": job.view.id})
         if completion is not None:
             return Response(_encoder.encode(completion), media_type="application/json",
                             headers={"x-job-id": job.view.id})
@@ -152,7 +159,7 @@ async def events(request: Request) -> Response:
     except ValueError:
         raise InvalidRequest("Last-Event-ID / after must be an event id (an integer).", param="after") from None
     feed = await EventFeed.open(rt.js, job.view.id, after_seq=after)
-    chunks = ChunkWriter(job.view.id, job.memo.model, job.memo.created, True)
+    chunks = writer_for(job.memo.endpoint, job.view.id, job.memo.model, job.memo.created, True)
     return SSEResponse(_job_stream(feed, chunks, rt.settings.keepalive_s, job.view),
                        {"x-job-id": job.view.id}, on_close=feed.close)
 

@@ -14,12 +14,14 @@ import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from proxy.auth import Principal
-from proxy.chunks import ChunkWriter, terminal_error
+from proxy.chunks import ChunkWriter, terminal_error, writer_for
 from proxy.errors import APIError, InvalidRequest
 from proxy.jobs import cancel_job, load_job, start_job
 from proxy.relay import EventFeed
+from proxy.gatekeeping import admit_job
 from proxy.runtime import Runtime
-from proxy.serving_chat import CHAT, prepare_chat
+from proxy.serving_chat import CHAT
+from proxy.serving_jobs import ENDPOINTS, PREPARE
 from schemas.events import Cancelled, Delta, Failed, Finished, JobEvent, Restarted, Started
 
 _encoder = msgspec.json.Encoder()
@@ -27,10 +29,15 @@ _decoder = msgspec.json.Decoder()
 MAX_IN_FLIGHT = 32
 
 
+def _keys(ws: WebSocket):
+    runtime = getattr(ws.app.state, "runtime", None)
+    return runtime.keystore if runtime is not None and runtime.keystore is not None else ws.app.state.keys
+
+
 def _principal_from_subprotocols(ws: WebSocket) -> tuple[Principal | None, str | None]:
     for proto in ws.scope.get("subprotocols", []):
         if proto.startswith("bearer."):
-            return ws.app.state.keys.verify(proto[len("bearer."):]), proto
+            return _keys(ws).verify(proto[len("bearer."):]), proto
     return None, None
 
 
@@ -62,20 +69,23 @@ class Session:
                 raise InvalidRequest(f"The id '{client_id}' is already in flight.", param="id")
             if len(self.tasks) >= MAX_IN_FLIGHT:
                 raise InvalidRequest(f"At most {MAX_IN_FLIGHT} requests in flight per socket.", param="id")
-            if msg.get("endpoint", CHAT) != CHAT:
-                raise InvalidRequest(f"Unsupported endpoint; supported: {CHAT}.", param="endpoint")
+            endpoint = msg.get("endpoint", CHAT)
+            if endpoint not in PREPARE:
+                raise InvalidRequest(f"Unsupported endpoint; supported: {', '.join(ENDPOINTS)}.", param="endpoint")
             body = msg.get("body")
             if not isinstance(body, dict):
                 raise InvalidRequest("'body' must be an object.", param="body")
-            chat = prepare_chat(self.rt, self.principal, body, msg.get("idempotency_key"))
+            chat = PREPARE[endpoint](self.rt, self.principal, body, msg.get("idempotency_key"))
+            chat = await admit_job(None, self.rt, self.principal, chat)
             await start_job(self.rt, chat.inp, chat.model, chat.memo)
             self.jobs[client_id] = chat.job_id
             self.send({"type": "accepted", "id": client_id, "job_id": chat.job_id})
-            self._follow(client_id, chat.job_id, chat.model.id, chat.memo.created, 0)
+            self._follow(client_id, chat.job_id, endpoint, chat.model.id, chat.memo.created, 0)
         elif kind == "resume":
             job = await load_job(self.rt, str(msg.get("job_id", "")), self.principal.tenant)
             self.jobs[client_id] = job.view.id
-            self._follow(client_id, job.view.id, job.memo.model, job.memo.created, int(msg.get("after", 0)))
+            self._follow(client_id, job.view.id, job.memo.endpoint, job.memo.model, job.memo.created,
+                         int(msg.get("after", 0)))
         elif kind == "cancel":
             job_id = self.jobs.get(client_id)
             if job_id is None:
@@ -84,8 +94,9 @@ class Session:
         else:
             raise InvalidRequest("'type' must be request, resume or cancel.", param="type")
 
-    def _follow(self, client_id: str, job_id: str, model: str, created: int, after: int) -> None:
-        task = asyncio.ensure_future(self._relay(client_id, job_id, ChunkWriter(job_id, model, created, True), after))
+    def _follow(self, client_id: str, job_id: str, endpoint: str, model: str, created: int, after: int) -> None:
+        chunks = writer_for(endpoint, job_id, model, created, True)
+        task = asyncio.ensure_future(self._relay(client_id, job_id, chunks, after))
         self.tasks[client_id] = task
         task.add_done_callback(lambda _: self.tasks.pop(client_id, None))
 
@@ -132,7 +143,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             await ws.close(code=4401, reason="authenticate first")
             return
         key = first.get("api_key") if isinstance(first, dict) and first.get("type") == "auth" else None
-        principal = ws.app.state.keys.verify(key) if isinstance(key, str) else None
+        principal = _keys(ws).verify(key) if isinstance(key, str) else None
         if principal is None:
             await ws.send_text(_encoder.encode({"type": "error", "id": None, "status": 401, "error": {
                 "message": "Incorrect API key provided.", "type": "invalid_request_error",

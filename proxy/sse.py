@@ -7,6 +7,8 @@ from typing import AsyncIterator
 
 from starlette.types import Receive, Scope, Send
 
+from proxy.telemetry import ACTIVE_STREAMS, route_of
+
 KEEPALIVE = b": keep-alive\n\n"
 DONE = b"data: [DONE]\n\n"
 
@@ -32,6 +34,8 @@ class SSEResponse:
         headers += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         disconnected = asyncio.ensure_future(_wait_disconnect(receive))
+        active = ACTIVE_STREAMS.labels(route_of(scope))
+        active.inc()
         try:
             async for chunk in self.body:
                 if disconnected.done():
@@ -43,6 +47,7 @@ class SSEResponse:
             else:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            active.dec()
             disconnected.cancel()
             aclose = getattr(self.body, "aclose", None)
             if aclose is not None:

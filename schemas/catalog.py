@@ -54,6 +54,16 @@ class ModelLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     default_max_tokens: Annotated[int, Meta(ge=1)] = 512
 
 
+class EmbeddingOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How an embedding model serves a request's `dimensions`."""
+
+    dimensions: Annotated[int, Meta(ge=0)] = 0  # the model's vector size; 0: not declared
+    # none: `dimensions` is refused (400); engine: passed on (vLLM with a Matryoshka model);
+    # truncate: Switchyard keeps the first N values and re-normalizes (a Matryoshka model on an
+    # engine without the option).
+    reduce: Literal["none", "engine", "truncate"] = "none"
+
+
 class ModelEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: Name
     engine: EngineSpec
@@ -64,6 +74,7 @@ class ModelEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: ModelLimits = ModelLimits()
     timeouts: StageTimeouts = StageTimeouts()
     retry: RetrySpec = RetrySpec()
+    embeddings: EmbeddingOptions = EmbeddingOptions()
 
 
 class Catalog(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

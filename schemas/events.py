@@ -42,11 +42,12 @@ class Delta(Event, tag="delta", omit_defaults=True):
     role: Union[str, None] = None
 
 
-class Finished(Event, tag="finished"):
+class Finished(Event, tag="finished", omit_defaults=True):
     finish_reason: Union[str, None]
     usage: Usage
     model: str
     created: int
+    result_ref: str = ""  # where the result is, for jobs whose result is an object (embeddings)
 
 
 class Failed(Event, tag="failed"):

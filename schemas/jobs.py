@@ -8,6 +8,11 @@ import msgspec
 
 from schemas.openai import ErrorBody, Usage
 
+# The OpenAI endpoints a job can serve (InferenceInput.endpoint).
+CHAT_ENDPOINT = "/v1/chat/completions"
+COMPLETIONS_ENDPOINT = "/v1/completions"
+EMBEDDINGS_ENDPOINT = "/v1/embeddings"
+
 
 class RetrySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     initial_interval_s: float = 0.2
@@ -23,7 +28,11 @@ class StageTimeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class InferenceInput(msgspec.Struct, frozen=True):
-    """What the inference activity needs; `body` is the engine-bound OpenAI request as a dict."""
+    """What the inference activity needs; `body` is the engine-bound OpenAI request as a dict.
+
+    A body over the claim-check threshold travels by reference: `body` is empty and `body_ref`
+    names it in the object store. `options` are serving options the engine never sees (e.g. an
+    embedding's `encoding_format`)."""
 
     job_id: str
     model: str
@@ -31,6 +40,9 @@ class InferenceInput(msgspec.Struct, frozen=True):
     body: dict[str, Any]
     created: int
     include_usage: bool = False
+    body_ref: str = ""
+    options: dict[str, Any] = {}
+    tenant: str = ""  # for per-tenant metrics on the worker (tokens in and out)
 
 
 class WorkflowInput(msgspec.Struct, frozen=True):
@@ -40,6 +52,9 @@ class WorkflowInput(msgspec.Struct, frozen=True):
     retry: RetrySpec
     webhook_url: str = ""
     webhook_queue: str = "cpu"
+    admission: Union[dict[str, Any], None] = None  # the limiter's reservation, settled at the end
+    prompt_estimate: int = 0
+    priority: int = 0  # Temporal priority key (1 most urgent .. 5); 0: the server's default
 
 
 class InferenceSummary(msgspec.Struct):
@@ -49,6 +64,7 @@ class InferenceSummary(msgspec.Struct):
     usage: Usage
     last_seq: int
     attempt: int
+    result_ref: str = ""  # the result in the object store, for results that never enter history
 
 
 class TerminalNotice(msgspec.Struct, frozen=True):
@@ -74,3 +90,20 @@ class WebhookDelivery(msgspec.Struct, frozen=True):
     event_type: str  # job.succeeded | job.failed | job.cancelled
     created_at: int
     data: dict[str, Any]
+
+
+class SettlementRequest(msgspec.Struct, frozen=True):
+    """`actual_tokens` None: work out what the job used from its events (failed, cancelled)."""
+
+    job_id: str
+    admission: dict[str, Any]
+    actual_tokens: Union[int, None]
+    prompt_estimate: int = 0
+
+
+class Settlement(msgspec.Struct, frozen=True):
+    """A finished job's real token use, for the admitting limiter's reservation (opaque here)."""
+
+    job_id: str
+    admission: dict[str, Any]
+    actual_tokens: Union[int, None]

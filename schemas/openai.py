@@ -128,3 +128,80 @@ class Model(msgspec.Struct, kw_only=True):
 class ModelList(msgspec.Struct, kw_only=True):
     object: str = "list"
     data: list[Model]
+
+
+# Legacy text completions (POST /v1/completions) and embeddings (POST /v1/embeddings).
+
+# One prompt: a string, or token ids. A list of several prompts is validated by the serving layer.
+Prompt = Union[str, list[Union[str, int, list[int]]]]
+
+
+class CompletionRequest(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+    """Unknown fields are tolerated and passed on to the engine untouched."""
+
+    model: str
+    prompt: Prompt
+    stream: bool = False
+    stream_options: Union[StreamOptions, None, UnsetType] = UNSET
+    max_tokens: Union[PositiveInt, None, UnsetType] = UNSET
+    temperature: Union[Temperature, None, UnsetType] = UNSET
+    top_p: Union[TopP, None, UnsetType] = UNSET
+    n: Union[Annotated[int, Meta(ge=1, le=1)], None, UnsetType] = UNSET
+    best_of: Union[Annotated[int, Meta(ge=1, le=1)], None, UnsetType] = UNSET
+    stop: Union[str, list[str], None, UnsetType] = UNSET
+    presence_penalty: Union[Penalty, None, UnsetType] = UNSET
+    frequency_penalty: Union[Penalty, None, UnsetType] = UNSET
+    seed: Union[int, None, UnsetType] = UNSET
+    echo: Union[bool, None, UnsetType] = UNSET
+    suffix: Union[str, None, UnsetType] = UNSET
+    logprobs: Union[Annotated[int, Meta(ge=0, le=5)], None, UnsetType] = UNSET
+    logit_bias: Union[dict[str, float], None, UnsetType] = UNSET
+    user: Union[str, UnsetType] = UNSET
+
+
+class CompletionChoice(msgspec.Struct):
+    index: int
+    text: str
+    finish_reason: Union[str, None] = None
+    logprobs: Union[dict[str, Any], None] = None
+
+
+class TextCompletion(msgspec.Struct, kw_only=True):
+    """A `text_completion` object: the whole response, and each streamed chunk."""
+
+    id: str
+    object: str = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    system_fingerprint: Union[str, UnsetType] = UNSET
+    usage: Union[Usage, None, UnsetType] = UNSET
+
+
+EmbeddingInput = Union[str, list[Union[str, int, list[int]]]]
+
+
+class EmbeddingRequest(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+    model: str
+    input: EmbeddingInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Union[PositiveInt, UnsetType] = UNSET
+    user: Union[str, UnsetType] = UNSET
+
+
+class Embedding(msgspec.Struct, kw_only=True):
+    object: str = "embedding"
+    index: int
+    embedding: Union[list[float], str]  # floats, or base64 of little-endian float32
+
+
+class EmbeddingUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class EmbeddingList(msgspec.Struct, kw_only=True):
+    object: str = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

@@ -35,8 +35,11 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     from proxy.config import ProxySettings
     from proxy.logs import configure_logging
 
+    from orchestration.telemetry import setup_tracing
+
     settings = ProxySettings.from_env()
     configure_logging(settings.log_level)
+    setup_tracing("switchyard-proxy")  # OTEL_* variables
     load_catalog(settings.catalog_path)  # fail fast with the field named
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="uvloop",
                 http="httptools", log_level="warning", access_log=False, timeout_keep_alive=30,
@@ -49,7 +52,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from orchestration.worker import WorkerConfig, run_worker
     from proxy.logs import configure_logging
 
+    from orchestration.telemetry import setup_tracing
+
     configure_logging(os.environ.get("SWITCHYARD_LOG_LEVEL", "INFO"))
+    setup_tracing("switchyard-worker")  # OTEL_* variables
     catalog = load_catalog(os.environ.get("SWITCHYARD_CATALOG", "model_catalog.yaml"))
     queues = tuple(q for q in (args.queues or os.environ.get("SWITCHYARD_QUEUES", "")).split(",") if q)
     config = WorkerConfig(
@@ -61,6 +67,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         cpu_queue=os.environ.get("SWITCHYARD_CPU_QUEUE", "cpu"),
         webhook_allow=parse_allow_list(os.environ.get("SWITCHYARD_WEBHOOK_ALLOW", "")),
         webhook_base_delay_s=float(os.environ.get("SWITCHYARD_WEBHOOK_BASE_DELAY_S", "5")),
+        metrics_port=int(os.environ.get("SWITCHYARD_METRICS_PORT", "0") or 0),
+        metrics_host=os.environ.get("SWITCHYARD_METRICS_HOST", "127.0.0.1"),
     )
 
     async def main() -> None:
@@ -113,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=["validate", "list"])
     c.add_argument("path", nargs="?", default=os.environ.get("SWITCHYARD_CATALOG", "model_catalog.yaml"))
     c.set_defaults(fn=cmd_catalog)
-    k = sub.add_parser("keys", help="API keys")
-    k.add_argument("action", choices=["generate"])
-    k.set_defaults(fn=cmd_keys)
+    from switchyard.admin_cli import register as register_admin
+
+    register_admin(sub, cmd_keys)  # tenants, keys (generate/create/list/revoke), usage
     return parser
 
 

@@ -139,13 +139,24 @@ def start_nats(port: int, store: Path, log_dir: Path, run_dir: Path | None = Non
 
 
 def start_engine(port: int, log_dir: Path, run_dir: Path | None = None, parallel: int = 4,
-                 extra: list[str] | None = None) -> Managed:
-    m = spawn("engine", [engine_binary(), "-m", default_model_file(), "--host", "127.0.0.1",
-                         "--port", str(port), "-c", str(2048 * parallel), "--parallel", str(parallel),
-                         "-t", "2", "--jinja", "--alias", "smollm2-135m-instruct", "--no-webui",
-                         *(extra or [])], log_dir, run_dir)
+                 extra: list[str] | None = None, name: str = "engine",
+                 alias: str = "smollm2-135m-instruct") -> Managed:
+    m = spawn(name, [engine_binary(), "-m", default_model_file(), "--host", "127.0.0.1",
+                     "--port", str(port), "-c", str(2048 * parallel), "--parallel", str(parallel),
+                     "-t", "2", "--jinja", "--alias", alias, "--no-webui",
+                     *(extra or [])], log_dir, run_dir)
     wait_http(m, f"http://127.0.0.1:{port}/health", 120)
     return m
+
+
+# The embedding engine: the same small model, mean-pooled. One slot; a batch as large as the
+# context, so an input of up to 2048 tokens embeds in one pass.
+EMBEDDING_ENGINE_ARGS = ["--embeddings", "--pooling", "mean", "-b", "2048", "-ub", "2048"]
+
+
+def start_embedding_engine(port: int, log_dir: Path, run_dir: Path | None = None) -> Managed:
+    return start_engine(port, log_dir, run_dir, parallel=1, extra=EMBEDDING_ENGINE_ARGS,
+                        name="embed-engine", alias="smollm2-135m-embed")
 
 
 def start_python(name: str, args: list[str], log_dir: Path, run_dir: Path | None,

@@ -13,6 +13,7 @@ from switchyard.processes import (
     ROOT,
     Managed,
     free_port,
+    start_embedding_engine,
     start_engine,
     start_nats,
     start_python,
@@ -43,6 +44,7 @@ def run_stack() -> int:
         "temporal": _port("SWITCHYARD_TEMPORAL_PORT", saved, "temporal"),
         "nats": _port("SWITCHYARD_NATS_PORT", saved, "nats"),
         "engine": _port("SWITCHYARD_ENGINE_PORT", saved, "engine"),
+        "embed": _port("SWITCHYARD_EMBED_ENGINE_PORT", saved, "embed"),
         "proxy": int(os.environ.get("SWITCHYARD_PORT", "8000")),
     }
     var.mkdir(parents=True, exist_ok=True)
@@ -52,6 +54,8 @@ def run_stack() -> int:
         "SWITCHYARD_TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}",
         "SWITCHYARD_NATS_URL": f"nats://127.0.0.1:{ports['nats']}",
         "SWITCHYARD_ENGINE_URL": f"http://127.0.0.1:{ports['engine']}/v1",
+        "SWITCHYARD_EMBED_ENGINE_URL": f"http://127.0.0.1:{ports['embed']}/v1",
+        "SWITCHYARD_OBJECT_DIR": os.environ.get("SWITCHYARD_OBJECT_DIR", str(var / "objects")),
         "SWITCHYARD_PORT": str(ports["proxy"]),
         "SWITCHYARD_DEMO_KEY": key,
     }
@@ -73,6 +77,7 @@ def run_stack() -> int:
         started.append(start_temporal(ports["temporal"], var / "temporal.db", log_dir, run_dir))
         started.append(start_nats(ports["nats"], var / "js", log_dir, run_dir))
         started.append(start_engine(ports["engine"], log_dir, run_dir))
+        started.append(start_embedding_engine(ports["embed"], log_dir, run_dir))
         started.append(start_python("worker", ["worker"], log_dir, run_dir, env))
         proxy = start_python("proxy", ["proxy"], log_dir, run_dir, env)
         started.append(proxy)

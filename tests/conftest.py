@@ -19,6 +19,7 @@ from switchyard.processes import (
     ROOT,
     Managed,
     free_port,
+    start_embedding_engine,
     start_engine,
     start_nats,
     start_python,
@@ -41,6 +42,7 @@ class Stack:
     victim_port: int
     env: dict[str, str]
     procs: dict[str, Managed] = field(default_factory=dict)
+    fake: FakeVLLM | None = None
 
     def restart_proxy(self) -> None:
         self.procs["proxy"].stop()
@@ -62,7 +64,8 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("stack")
     log_dir = base / "log"
-    ports = {name: free_port() for name in ("temporal", "nats", "engine", "fake", "dead", "victim", "proxy")}
+    ports = {name: free_port() for name in ("temporal", "nats", "engine", "embed", "fake", "dead", "victim",
+                                            "proxy")}
     started: list[Managed] = []
     fake = FakeVLLM()
     key = "sk-sy-test-" + uuid.uuid4().hex
@@ -70,6 +73,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         "SWITCHYARD_TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}",
         "SWITCHYARD_NATS_URL": f"nats://127.0.0.1:{ports['nats']}",
         "SWITCHYARD_ENGINE_URL": f"http://127.0.0.1:{ports['engine']}/v1",
+        "EMBED_ENGINE_URL": f"http://127.0.0.1:{ports['embed']}/v1",
+        "SWITCHYARD_OBJECT_DIR": str(base / "objects"),
         "FAKE_ENGINE_URL": f"http://127.0.0.1:{ports['fake']}/v1",
         "DEAD_ENGINE_PORT": str(ports["dead"]),
         "VICTIM_ENGINE_URL": f"http://127.0.0.1:{ports['victim']}/v1",
@@ -83,18 +88,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         "SWITCHYARD_QUEUES": "gpu.test",
         "SWITCHYARD_WEBHOOK_ALLOW": "127.0.0.1/32",
         "SWITCHYARD_WEBHOOK_BASE_DELAY_S": "0.2",
+        "SWITCHYARD_METRICS_PORT": str(free_port()),  # the worker's Prometheus /metrics
     }
     try:
         started.append(start_temporal(ports["temporal"], base / "temporal.db", log_dir))
         started.append(start_nats(ports["nats"], base / "js", log_dir))
         started.append(start_engine(ports["engine"], log_dir))
+        started.append(start_embedding_engine(ports["embed"], log_dir))
         fake.start(ports["fake"])
         started.append(start_python("worker", ["worker"], log_dir, None, env))
         proxy = start_python("proxy", ["proxy"], log_dir, None, env)
         started.append(proxy)
         wait_http(proxy, f"http://127.0.0.1:{ports['proxy']}/healthz", 60)
         s = Stack(base, key, f"http://127.0.0.1:{ports['proxy']}", env["SWITCHYARD_TEMPORAL_ADDRESS"],
-                  env["SWITCHYARD_NATS_URL"], ports["victim"], env, {m.name: m for m in started})
+                  env["SWITCHYARD_NATS_URL"], ports["victim"], env, {m.name: m for m in started}, fake)
         yield s
     finally:
         for m in reversed(started):

@@ -58,3 +58,14 @@ def chunk_text(events: list[dict]) -> str:
             for choice in data.get("choices", []):
                 out.append(choice["delta"].get("content") or "")
     return "".join(out)
+
+
+def wait_result(http: httpx.Client, job_id: str, timeout: float = 60) -> httpx.Response:
+    """GET /v1/jobs/{id}/result once the job has finished (it answers 409 before)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = http.get(f"/v1/jobs/{job_id}/result")
+        if r.status_code != 409:
+            return r
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish")

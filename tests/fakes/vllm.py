@@ -10,6 +10,7 @@ The scenario is chosen by the last user message: `scenario=<name>;nonce=<unique>
   slow         streams REPLY one word every 0.3 s
   tools        streams a tool call in pieces
   bad-request  answers 400 (a non-retryable engine error)
+  size         streams "received <N> bytes", N the size of the request body it got
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def _error(status: int, message: str, type_: str) -> JSONResponse:
 class FakeVLLM:
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        self.seen: list[str] = []  # every prompt text the engine received, to check what reached it
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"]),
                                      Route("/health", self.health)])
         self.server: uvicorn.Server | None = None
@@ -46,8 +48,10 @@ class FakeVLLM:
         return JSONResponse({})
 
     async def chat(self, request: Request):
-        body = await request.json()
+        raw = await request.body()
+        body = json.loads(raw)
         text = body["messages"][-1]["content"]
+        self.seen.extend(str(m.get("content")) for m in body["messages"])
         params = dict(p.split("=", 1) for p in text.split(";") if "=" in p)
         scenario, nonce = params.get("scenario", "ok"), params.get("nonce", "")
         self.calls[nonce] += 1
@@ -56,10 +60,11 @@ class FakeVLLM:
         if scenario == "bad-request":
             return _error(400, "This model's maximum context length is 2048 tokens.", "BadRequestError")
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(self._stream(body["model"], scenario, include_usage),
+        reply = f"received {len(raw)} bytes" if scenario == "size" else REPLY
+        return StreamingResponse(self._stream(body["model"], scenario, include_usage, reply),
                                  media_type="text/event-stream")
 
-    async def _stream(self, model: str, scenario: str, include_usage: bool):
+    async def _stream(self, model: str, scenario: str, include_usage: bool, reply: str = REPLY):
         created = int(time.time())
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": model}
 
@@ -68,7 +73,7 @@ class FakeVLLM:
             return f"data: {json.dumps(c)}\n\n"
 
         yield chunk({"role": "assistant", "content": ""})
-        pieces: list[str] = REPLY.split(" ")
+        pieces: list[str] = reply.split(" ")
         if scenario == "tools":
             yield chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
                                          "function": {"name": "get_weather", "arguments": ""}}]})

@@ -1,0 +1,91 @@
+"""Admission of a prepared job: scopes, PII policy, priority, and the token reservation.
+
+Runs in the proxy before the workflow starts, so Temporal's history and the engine only ever see the
+masked text, and a refused request costs no workflow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+
+from orchestration.pii import PIIRejected, apply_policy
+from proxy.auth import Principal
+from proxy.errors import APIError, InvalidRequest, NotFound
+from proxy.limits import estimate_prompt_tokens
+from proxy.runtime import Runtime
+
+_PRIORITY_NAMES = {"highest": 1, "high": 2, "normal": 3, "low": 4, "lowest": 5}
+
+
+class Forbidden(APIError):
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
+def requested_priority(body: dict[str, Any], header: str | None) -> int | None:
+    value = body.get("priority", header)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = _PRIORITY_NAMES.get(value.lower(), value)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest("priority must be 1 (most urgent) to 5, or highest/high/normal/low/lowest.",
+                             param="priority") from None
+    if not 1 <= number <= 5:
+        raise InvalidRequest("priority must be between 1 and 5.", param="priority")
+    return number
+
+
+def _mask(body: dict[str, Any], policy: str) -> tuple[dict[str, Any], dict[str, int]]:
+    if policy == "off":
+        return body, {}
+    if isinstance(body.get("messages"), list):
+        result = apply_policy(body["messages"], policy)
+        return {**body, "messages": result.messages}, result.counts
+    if isinstance(body.get("prompt"), str):
+        result = apply_policy([{"role": "user", "content": body["prompt"]}], policy)
+        return {**body, "prompt": result.messages[0]["content"]}, result.counts
+    return body, {}
+
+
+def _estimate(body: dict[str, Any], default_max: int) -> tuple[int, int]:
+    """(prompt estimate, completion allowance) for the reservation."""
+    if isinstance(body.get("messages"), list):
+        prompt = estimate_prompt_tokens(body["messages"])
+    else:
+        text = body.get("prompt", body.get("input", ""))
+        prompt = len(msgspec.json.encode(text)) // 3 + 4
+    completion = body.get("max_completion_tokens") or body.get("max_tokens")
+    return prompt, completion if isinstance(completion, int) else default_max
+
+
+async def admit_job(request: Request, rt: Runtime, principal: Principal, job):
+    """Returns the job, masked and carrying its reservation; raises 403/404/400/429 as due."""
+    if not principal.allows_endpoint(job.memo.endpoint):
+        raise Forbidden(f"This API key may not call {job.memo.endpoint}.")
+    if not principal.allows_model(job.model.id):
+        raise NotFound(f"The model '{job.model.id}' does not exist or you do not have access to it.",
+                       param="model", code="model_not_found")
+    body = job.inp.inference.body
+    try:
+        body, counts = _mask(body, principal.pii)
+    except PIIRejected as exc:
+        raise InvalidRequest(f"{exc} The request was refused by this tenant's PII policy.",
+                             param="messages", code="pii_detected") from None
+    priority = principal.priority(requested_priority(job.inp.inference.body, request.headers.get("x-priority")
+                                                     if request is not None else None))
+    prompt, completion = _estimate(body, job.model.limits.default_max_tokens)
+    admission = await rt.limiter.admit(principal, prompt + completion)
+    if request is not None:
+        request.state.ratelimit_headers = dict(admission.headers)
+    inference = msgspec.structs.replace(job.inp.inference, body=body)
+    inp = msgspec.structs.replace(job.inp, inference=inference, admission=msgspec.to_builtins(admission),
+                                  prompt_estimate=prompt, priority=priority)
+    memo = msgspec.structs.replace(job.memo, pii=counts) if counts else job.memo
+    return msgspec.structs.replace(job, inp=inp, memo=memo)

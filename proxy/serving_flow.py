@@ -1,0 +1,293 @@
+"""What every job-backed OpenAI endpoint shares: validating into a msgspec struct, picking the
+model (404, or 400 when its engine cannot do the endpoint), building the job, and serving it:
+`Prefer: respond-async`, the first-event wait, the header wait with keep-alives, in-band errors,
+`x-job-id`, and the non-streaming assembly."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from temporalio.api.enums.v1.workflow_pb2 import PENDING_ACTIVITY_STATE_STARTED
+from temporalio.client import WorkflowExecutionStatus
+
+from adapters.registry import engine_capabilities
+from proxy.auth import Principal
+from proxy.body import read_json_body
+from proxy.chunks import ChunkWriter, CompletionAssembler, terminal_error
+from proxy.errors import InvalidRequest, NotFound, ServiceUnavailable, envelope_bytes
+from proxy.jobs import JobMemo, accepted_response, body_hash, new_job_id, prefers_async, start_job
+from proxy.relay import EventFeed, first_batch
+from proxy.gatekeeping import admit_job
+from proxy.runtime import Runtime
+from proxy.sse import DONE, KEEPALIVE, SSEResponse, frame
+from schemas.catalog import ModelEntry
+from schemas.events import Cancelled, Failed, JobEvent, Restarted, Started, is_terminal
+from schemas.jobs import CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, EMBEDDINGS_ENDPOINT, InferenceInput, WorkflowInput
+from schemas.openai import ErrorBody
+
+NO_CAPACITY = "No worker picked up the request in time; please retry."
+# What an endpoint needs of the model's engine (adapters.base capability names).
+CAPABILITY = {CHAT_ENDPOINT: "chat", COMPLETIONS_ENDPOINT: "completions", EMBEDDINGS_ENDPOINT: "embeddings"}
+_encoder = msgspec.json.Encoder()
+T = TypeVar("T")
+
+
+def convert_request(raw: dict[str, Any], kind: type[T]) -> T:
+    """The body as `kind`, or a 400 whose `param` names the bad field."""
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(_describe(str(exc)), param=_param_of(str(exc)), code="invalid_value") from None
+
+
+def _param_of(message: str) -> str | None:
+    if " - at `$." in message:
+        return message.rsplit(" - at `$.", 1)[1].rstrip("`")
+    if "missing required field `" in message:
+        return message.split("missing required field `", 1)[1].split("`", 1)[0]
+    return None
+
+
+def _describe(message: str) -> str:
+    param = _param_of(message)
+    head = message.split(" - at `", 1)[0]
+    return f"Invalid value for '{param}': {head}" if param else head
+
+
+def check_max_tokens(req: Any, model: ModelEntry, names: tuple[str, ...] = ("max_tokens",)) -> None:
+    for name in names:
+        value = getattr(req, name)
+        if isinstance(value, int) and value > model.limits.max_tokens:
+            raise InvalidRequest(
+                f"'{name}' is too large: {value}. This model supports at most {model.limits.max_tokens}.",
+                param=name, code="invalid_value")
+
+
+def find_model(rt: Runtime, name: str, endpoint: str) -> ModelEntry:
+    """The catalog entry, 404 if absent; 400 `unsupported_capability` (param `model`) when its engine
+    cannot serve `endpoint`: decided from the catalog before any workflow starts."""
+    model = rt.catalog.get(name)
+    if model is None:
+        raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
+                       param="model", code="model_not_found")
+    need = CAPABILITY[endpoint]
+    if need not in engine_capabilities(model.engine):
+        raise InvalidRequest(f"The model '{name}' does not support {endpoint} ({need}).",
+                             param="model", code="unsupported_capability")
+    return model
+
+
+class PreparedJob(msgspec.Struct):
+    request: Any  # the validated request struct
+    model: ModelEntry
+    inp: WorkflowInput
+    memo: JobMemo
+
+    @property
+    def job_id(self) -> str:
+        return self.inp.inference.job_id
+
+    @property
+    def stream(self) -> bool:
+        return self.memo.stream
+
+
+def new_job(principal: Principal, model: ModelEntry, endpoint: str, request: Any, raw: dict[str, Any],
+            body: dict[str, Any], *, prefix: str, stream: bool = False, include_usage: bool = False,
+            idempotency_key: str | None = None, metadata: dict[str, str] | None = None,
+            webhook_url: str = "", options: dict[str, Any] | None = None) -> PreparedJob:
+    """The job's id, workflow input and memo. `raw` is the client's body (for idempotency), `body`
+    what the engine gets."""
+    if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
+        raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
+    job_id = new_job_id(principal.tenant, idempotency_key, uuid.uuid4().hex, prefix)
+    created = int(time.time())
+    inp = WorkflowInput(
+        inference=InferenceInput(job_id=job_id, model=model.id, endpoint=endpoint, body=body,
+                                 created=created, include_usage=include_usage, options=options or {},
+                                 tenant=principal.tenant),
+        task_queue=model.task_queue, timeouts=model.timeouts, retry=model.retry, webhook_url=webhook_url)
+    memo = JobMemo(tenant=principal.tenant, endpoint=endpoint, model=model.id, created=created,
+                   body_hash=body_hash(endpoint, raw), stream=stream, include_usage=include_usage,
+                   metadata=metadata or {}, webhook_url=webhook_url)
+    return PreparedJob(request, model, inp, memo)
+
+
+def new_streamed_job(principal: Principal, model: ModelEntry, endpoint: str, request: Any, raw: dict[str, Any],
+                     *, prefix: str, defaults: dict[str, Any] | None = None, **job: Any) -> PreparedJob:
+    """A job whose request may stream: `stream` and `stream_options` are the proxy's business (the
+    adapter always streams from the engine); `defaults` fill the engine body's missing fields."""
+    include_usage = bool(request.stream and request.stream_options and request.stream_options.include_usage)
+    body = {k: v for k, v in raw.items() if k not in ("stream", "stream_options")}
+    for name, value in (defaults or {}).items():
+        if body.get(name) is None:
+            body[name] = value
+    return new_job(principal, model, endpoint, request, raw, body, prefix=prefix, stream=request.stream,
+                   include_usage=include_usage, **job)
+
+
+Prepare = Callable[..., PreparedJob]
+Respond = Callable[[Runtime, Any, dict[str, str]], Awaitable[Response]]
+
+
+async def json_response(rt: Runtime, result: Any, headers: dict[str, str]) -> Response:
+    return Response(_encoder.encode(result), media_type="application/json", headers=headers)
+
+
+async def serve_endpoint(request: Request, prepare: Prepare, writer: type[ChunkWriter],
+                         assembler: type[CompletionAssembler], respond: Respond = json_response) -> Response:
+    """An OpenAI endpoint: read the body, prepare the job, serve it."""
+    rt: Runtime = request.app.state.runtime
+    raw = await read_json_body(request, rt.settings.max_body_bytes)
+    job = prepare(rt, request.state.principal, raw, request.headers.get("idempotency-key"))
+    chunks = writer(job.job_id, job.model.id, job.memo.created, job.memo.include_usage)
+    return await serve_job(request, rt, job, chunks, assembler(chunks), respond)
+
+
+async def serve_job(request: Request, rt: Runtime, job: PreparedJob, chunks: ChunkWriter,
+                    assembler: CompletionAssembler, respond: Respond = json_response) -> Response:
+    """Starts the job and answers: 202 for `Prefer: respond-async`, an SSE stream, or the assembled
+    result passed to `respond`."""
+    request.state.model = job.model.id
+    request.state.job_id = job.job_id
+    job = await admit_job(request, rt, request.state.principal, job)
+    if prefers_async(request):
+        await start_job(rt, job.inp, job.model, job.memo)
+        return await accepted_response(rt, job.job_id, job.memo.tenant, prefer_applied=True)
+
+    feed = await open_and_start(rt, job)
+    job_id, model = job.job_id, job.model
+    headers = {"x-job-id": job_id}
+    first = asyncio.ensure_future(first_events(rt, feed, job_id, model))
+    if job.stream:
+        # Hold the status line briefly so early failures get their real HTTP status; then commit
+        # 200 and keep the client company with keep-alives while the job waits for capacity.
+        done, _ = await asyncio.wait({first}, timeout=rt.settings.header_wait_s)
+        if not done:
+            return SSEResponse(late_stream(rt, feed, first, chunks, rt.settings.keepalive_s),
+                               headers, on_close=feed.close)
+    try:
+        batch = await first
+    except asyncio.TimeoutError:
+        await feed.close()
+        await terminate_quietly(rt, job_id, "no worker picked up the job in time")
+        raise ServiceUnavailable(NO_CAPACITY, code="no_capacity", headers=headers) from None
+    except BaseException:
+        first.cancel()
+        await feed.close()
+        raise
+    head = next(e for e in batch if not isinstance(e, Started))
+    if isinstance(head, (Failed, Cancelled)):
+        await feed.close()
+        raise terminal_error(head, headers)
+    if job.stream:
+        return SSEResponse(stream_events(feed, batch, chunks, rt.settings.keepalive_s), headers,
+                           on_close=feed.close)
+    try:
+        result = await collect(feed, batch, assembler)
+        return await respond(rt, result, headers)
+    except Exception as exc:
+        if hasattr(exc, "headers"):
+            exc.headers.update(headers)
+        raise
+    finally:
+        await feed.close()
+
+
+async def open_and_start(rt: Runtime, job: PreparedJob) -> EventFeed:
+    opening = asyncio.ensure_future(EventFeed.open(rt.js, job.job_id, model=job.model.id))
+    try:
+        await start_job(rt, job.inp, job.model, job.memo)
+    except BaseException:
+        opening.cancel()
+        await asyncio.gather(opening, return_exceptions=True)
+        if opening.done() and not opening.cancelled() and opening.exception() is None:
+            await opening.result().close()
+        raise
+    try:
+        return await opening
+    except Exception:
+        raise ServiceUnavailable("The event stream is unavailable; please retry.",
+                                 code="events_unavailable") from None
+
+
+async def first_events(rt: Runtime, feed: EventFeed, job_id: str, model: ModelEntry) -> list[JobEvent]:
+    """Waits for the job's first event. Past the queue deadline, keeps waiting only while a worker
+    holds the job (a long prompt's prefill, a retry's backoff); a job nobody picked up times out."""
+    t = model.timeouts
+    try:
+        return await first_batch(feed, t.schedule_to_start_s)
+    except asyncio.TimeoutError:
+        if not await job_is_moving(rt, job_id):
+            raise
+    return await first_batch(feed, t.start_to_close_s * model.retry.maximum_attempts)
+
+
+async def job_is_moving(rt: Runtime, job_id: str) -> bool:
+    try:
+        desc = await rt.temporal.get_workflow_handle(job_id).describe()
+    except Exception:
+        return False
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        return True  # it ended: its final event is on the way
+    return any(pa.state == PENDING_ACTIVITY_STATE_STARTED or pa.attempt > 1
+               for pa in desc.raw_description.pending_activities)
+
+
+async def terminate_quietly(rt: Runtime, job_id: str, reason: str) -> None:
+    try:
+        await rt.temporal.get_workflow_handle(job_id).terminate(reason=reason)
+    except Exception:
+        pass
+
+
+async def late_stream(rt: Runtime, feed: EventFeed, first: asyncio.Future, chunks: ChunkWriter,
+                      keepalive_s: float) -> AsyncIterator[bytes]:
+    try:
+        while not first.done():
+            yield KEEPALIVE
+            await asyncio.wait({first}, timeout=keepalive_s)
+        batch = first.result()
+    except asyncio.TimeoutError:
+        await terminate_quietly(rt, chunks.job_id, "no worker picked up the job in time")
+        yield frame(envelope_bytes(ErrorBody(message=NO_CAPACITY, type="server_error",
+                                             code="no_capacity"))) + DONE
+        return
+    finally:
+        if not first.done():
+            first.cancel()
+    async for out in stream_events(feed, batch, chunks, keepalive_s):
+        yield out
+
+
+async def stream_events(feed: EventFeed, batch: list[JobEvent], chunks: ChunkWriter,
+                        keepalive_s: float) -> AsyncIterator[bytes]:
+    while True:
+        out = b"".join(chunks.frames(e) for e in batch)
+        if out:
+            yield out
+        if any(is_terminal(e) or isinstance(e, Restarted) for e in batch):
+            return
+        try:
+            batch = await feed.next_batch(timeout=keepalive_s)
+        except TimeoutError:
+            batch = []
+            yield KEEPALIVE
+
+
+async def collect(feed: EventFeed, batch: list[JobEvent], assembler: CompletionAssembler):
+    while True:
+        for event in batch:
+            completion = assembler.add(event)
+            if completion is not None:
+                return completion
+        try:
+            batch = await feed.next_batch(timeout=60.0)
+        except TimeoutError:
+            batch = []
