@@ -125,6 +125,11 @@ def start_temporal(port: int, db: Path, log_dir: Path, run_dir: Path | None = No
                            "--port", str(port), "--http-port", str(free_port()),
                            "--metrics-port", str(free_port()), "--db-filename", str(db),
                            "--search-attribute", "SwitchyardTenant=Keyword",
+                           # Task priority needs the priority-aware matcher, and holds only within a
+                           # task-queue partition: one partition per queue on a single-node server.
+                           "--dynamic-config-value", "matching.useNewMatcher=true",
+                           "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
+                           "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
                            "--log-level", "warn"], log_dir, run_dir)
     wait_port(m, port, 30)
     return m

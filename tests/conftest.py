@@ -85,7 +85,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         "SWITCHYARD_KEEPALIVE_S": "1",
         "SWITCHYARD_HEADER_WAIT_S": "4",
         "SWITCHYARD_LOG_LEVEL": "DEBUG",
-        "SWITCHYARD_QUEUES": "gpu.test",
+        "SWITCHYARD_QUEUES": "gpu.test,gpu.single",
         "SWITCHYARD_WEBHOOK_ALLOW": "127.0.0.1/32",
         "SWITCHYARD_WEBHOOK_BASE_DELAY_S": "0.2",
         "SWITCHYARD_METRICS_PORT": str(free_port()),  # the worker's Prometheus /metrics

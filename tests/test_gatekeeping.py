@@ -128,3 +128,31 @@ def test_pii_reject_policy_is_400_naming_the_kind(stack: Stack):
                    json={"model": "fake-vllm", "messages": [{"role": "user", "content": "call +82 10 1234 5678"}]})
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "pii_detected" and "phone" in r.json()["error"]["message"].lower()
+
+
+def test_high_priority_job_overtakes_queued_low_priority_jobs(stack: Stack):
+    _, urgent_key = new_tenant(stack, tier=1)
+    low = {"authorization": f"Bearer {stack.key}"}
+
+    def submit(headers: dict, priority: int) -> str:
+        body = {"model": "single-slot", "messages": scenario("slow"), "priority": priority}
+        r = httpx.post(stack.proxy_url + "/v1/jobs", headers=headers, json={"endpoint": CHAT, "body": body})
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
+    first = submit(low, 5)  # takes the engine's only slot for ~2.7 s
+    time.sleep(0.5)
+    queued = [submit(low, 5) for _ in range(2)]
+    time.sleep(0.3)
+    urgent = submit({"authorization": f"Bearer {urgent_key}"}, 1)
+    time.sleep(0.3)
+    queued += [submit(low, 5) for _ in range(2)]  # neither FIFO nor LIFO would put `urgent` second
+    jobs = {}
+    with httpx.Client(base_url=stack.proxy_url, headers=low) as h, \
+            httpx.Client(base_url=stack.proxy_url, headers={"authorization": f"Bearer {urgent_key}"}) as u:
+        for job_id in [first, *queued]:
+            jobs[job_id] = wait_finished(h, job_id, timeout=120)
+        jobs[urgent] = wait_finished(u, urgent, timeout=120)
+    order = sorted(jobs, key=lambda j: (jobs[j]["finished_at"], jobs[j]["started_at"]))
+    assert order[0] == first
+    assert order[1] == urgent, order  # started before the low-priority jobs queued earlier
