@@ -9,7 +9,9 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.telemetry import ACTIVE_STREAMS, route_of
 
-KEEPALIVE = b": keep-alive\n\n"
+# A comment line with no blank line after it: a blank line would end an "event" of its own, and the
+# OpenAI SDK dispatches such an empty event (it keeps the last `id:`) and fails to parse its data.
+KEEPALIVE = b": keep-alive\n"
 DONE = b"data: [DONE]\n\n"
 
 
