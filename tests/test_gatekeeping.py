@@ -156,3 +156,20 @@ def test_high_priority_job_overtakes_queued_low_priority_jobs(stack: Stack):
     order = sorted(jobs, key=lambda j: (jobs[j]["finished_at"], jobs[j]["started_at"]))
     assert order[0] == first
     assert order[1] == urgent, order  # started before the low-priority jobs queued earlier
+
+
+def test_no_prompt_or_key_in_logs_across_success_error_and_refusal(stack: Stack):
+    _, key = new_tenant(stack, limits={"rpm": 1})
+    marker = f"orchid-{uuid.uuid4().hex[:8]}"
+    body = {"model": "fake-vllm", "messages": [{"role": "user", "content": f"scenario=ok;nonce=1 {marker}"}]}
+    headers = {"authorization": f"Bearer {key}"}
+    assert httpx.post(stack.proxy_url + CHAT, headers=headers, json=body).status_code == 200
+    assert httpx.post(stack.proxy_url + CHAT, headers=headers, json=body).status_code == 429
+    bad = {**body, "temperature": 9, "messages": [{"role": "user", "content": marker}]}
+    assert httpx.post(stack.proxy_url + CHAT, headers={"authorization": f"Bearer {stack.key}"},
+                      json=bad).status_code == 400
+    time.sleep(0.5)
+    logs = stack.logs()
+    assert '"status": 429' in logs
+    for needle in (marker, key, key[6:20], stack.key):
+        assert needle not in logs
