@@ -25,6 +25,8 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import AsyncIterator, Mapping, Protocol
 
+from orchestration.telemetry import record_claim_check
+
 DEFAULT_CLAIM_CHECK_BYTES = 1_000_000
 MAX_CLAIM_CHECK_BYTES = 1_500_000  # Temporal refuses payloads over 2 MB; keep a margin
 CHUNK = 256 * 1024
@@ -90,6 +92,7 @@ class LocalObjectStore:
 
     async def put(self, key: str, data: bytes, content_type: str = "application/json") -> str:
         await asyncio.to_thread(self._write, self._path(key), data)
+        record_claim_check("put", len(data))
         return key
 
     @staticmethod
@@ -109,9 +112,11 @@ class LocalObjectStore:
     async def get(self, ref: str) -> bytes:
         path = self._path(ref)
         try:
-            return await asyncio.to_thread(path.read_bytes)
+            data = await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError:
             raise ObjectNotFound(ref) from None
+        record_claim_check("get", len(data))
+        return data
 
     async def size(self, ref: str) -> int:
         try:
@@ -127,6 +132,7 @@ class LocalObjectStore:
             raise ObjectNotFound(ref) from None
         try:
             while chunk := await asyncio.to_thread(f.read, CHUNK):
+                record_claim_check("get", len(chunk))
                 yield chunk
         finally:
             f.close()
@@ -197,6 +203,7 @@ class S3ObjectStore:
     async def put(self, key: str, data: bytes, content_type: str = "application/json") -> str:
         s3 = await self._s3()
         await s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
+        record_claim_check("put", len(data))
         return key
 
     async def _get(self, ref: str):
@@ -209,7 +216,9 @@ class S3ObjectStore:
     async def get(self, ref: str) -> bytes:
         response = await self._get(ref)
         async with response["Body"] as body:
-            return await body.read()
+            data = await body.read()
+        record_claim_check("get", len(data))
+        return data
 
     async def size(self, ref: str) -> int:
         s3 = await self._s3()
@@ -223,6 +232,7 @@ class S3ObjectStore:
         response = await self._get(ref)
         async with response["Body"] as body:
             while chunk := await body.read(CHUNK):
+                record_claim_check("get", len(chunk))
                 yield chunk
 
     async def delete(self, ref: str) -> None:

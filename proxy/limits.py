@@ -55,6 +55,7 @@ from nats.js.kv import KeyValue
 
 from proxy.auth import Principal
 from proxy.errors import QuotaExceeded, RateLimited, ServiceUnavailable
+from proxy.telemetry import record_rate_limited
 from proxy.keystore import ensure_bucket
 from schemas.tenancy import Limits
 
@@ -408,6 +409,7 @@ class Limiter:
             try:
                 views.append(await self._mutate(key, limits, change))
             except (RateLimited, QuotaExceeded) as exc:
+                record_rate_limited(principal.tenant, exc.type)  # requests | tokens | insufficient_quota
                 for ckey, climits in charged:
                     await self._undo(ckey, climits, adm)
                 if views:

@@ -228,16 +228,38 @@ def test_metrics_show_real_observations(stack: Stack, http: httpx.Client):
     assert access and all(len(e.get("trace_id", "")) == 32 and len(e.get("span_id", "")) == 16 for e in access)
 
 
-def test_rate_limit_and_claim_check_counters_are_exposed():
-    from orchestration.telemetry import CLAIM_CHECK_BYTES, record_claim_check
-    from proxy.telemetry import RATE_LIMITED, record_rate_limited
+async def test_rate_limit_refusals_and_claim_check_bytes_are_counted(tmp_path):
+    import nats
 
-    before = RATE_LIMITED.labels("t1", "rpm")._value.get()
-    record_rate_limited("t1", "rpm")
-    assert RATE_LIMITED.labels("t1", "rpm")._value.get() == before + 1
-    before = CLAIM_CHECK_BYTES.labels("put")._value.get()
-    record_claim_check("put", 1234)
-    assert CLAIM_CHECK_BYTES.labels("put")._value.get() == before + 1234
+    from orchestration.telemetry import CLAIM_CHECK_BYTES, record_claim_check
+    from proxy.auth import Principal
+    from proxy.errors import RateLimited
+    from proxy.limits import Limiter
+    from proxy.telemetry import RATE_LIMITED
+    from schemas.tenancy import Limits
+    from tests.nats_fixture import running_nats
+
+    tenant = "t-" + uuid.uuid4().hex[:8]
+    with running_nats(tmp_path / "nats") as url:
+        nc = await nats.connect(url)
+        try:
+            limiter = await Limiter.open(nc.jetstream())
+            p = Principal(tenant=tenant, key_id="k1", tenant_limits=Limits(rpm=1))
+            await limiter.admit(p, 1)
+            with pytest.raises(RateLimited):
+                await limiter.admit(p, 1)
+        finally:
+            await nc.close()
+    assert RATE_LIMITED.labels(tenant, "requests")._value.get() == 1
+    from orchestration.objectstore import LocalObjectStore
+
+    put, got = CLAIM_CHECK_BYTES.labels("put")._value.get(), CLAIM_CHECK_BYTES.labels("get")._value.get()
+    store = LocalObjectStore(tmp_path / "objects")
+    ref = await store.put("jobs/x/body.json", b"x" * 1234)
+    assert await store.get(ref) == b"x" * 1234
+    record_claim_check("put", 0)  # nothing moved, nothing counted
+    assert CLAIM_CHECK_BYTES.labels("put")._value.get() == put + 1234
+    assert CLAIM_CHECK_BYTES.labels("get")._value.get() == got + 1234
 
 
 def test_otlp_export_reaches_a_collector(tmp_path):
