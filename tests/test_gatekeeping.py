@@ -49,10 +49,10 @@ def second_proxy(stack: Stack):
 
 def test_rpm_holds_across_two_proxy_processes(stack: Stack, second_proxy: str):
     _, key = new_tenant(stack, limits={"rpm": 10})
-    targets = [stack.proxy_url, second_proxy] * 12
+    targets = [stack.proxy_url, second_proxy] * 15  # a 3x burst split across two replicas
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(lambda base: chat(base, key).status_code, targets))
-    assert codes.count(200) == 10 and codes.count(429) == 14
+    assert codes.count(200) == 10 and codes.count(429) == 20
 
 
 def test_429_has_openai_headers_and_the_sdk_retry_succeeds(stack: Stack):
