@@ -27,6 +27,13 @@ async def readyz(request: Request) -> JSONResponse:
         checks["nats"] = "ok"
     except Exception as exc:
         checks["nats"] = f"failed: {type(exc).__name__}"
+    if rt.objects is not None:
+        try:
+            ref = await asyncio.wait_for(rt.objects.put("readyz-probe", b"ok"), 2.0)
+            assert await asyncio.wait_for(rt.objects.get(ref), 2.0) == b"ok"
+            checks["object_store"] = "ok"
+        except Exception as exc:
+            checks["object_store"] = f"failed: {type(exc).__name__}"
     failed = [k for k, v in checks.items() if v != "ok"]
     return JSONResponse({"status": "ready" if not failed else "not_ready", "checks": checks,
                          "failed": failed}, status_code=200 if not failed else 503)

@@ -97,7 +97,7 @@ def test_curl_sees_chunks_as_they_are_generated(stack: Stack):
 def test_readyz_reports_dependencies(stack: Stack):
     r = httpx.get(stack.proxy_url + "/readyz")
     assert r.status_code == 200
-    assert r.json()["checks"] == {"temporal": "ok", "nats": "ok"}
+    assert r.json()["checks"] == {"temporal": "ok", "nats": "ok", "object_store": "ok"}
 
 
 def test_logs_hold_no_prompt_or_key(stack: Stack, client):
