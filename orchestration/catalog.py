@@ -32,19 +32,59 @@ def _substitute(text: str) -> str:
 
 
 def parse_catalog(text: str, source: str = "<catalog>") -> Catalog:
+    text = _substitute(text)
     try:
-        data = yaml.safe_load(_substitute(text))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise CatalogError(f"{source}: not valid YAML: {exc}") from None
     try:
         catalog = msgspec.convert(data, Catalog)
     except msgspec.ValidationError as exc:
-        raise CatalogError(f"{source}: {exc}") from None
-    ids = [m.id for m in catalog.models]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise CatalogError(f"{source}: duplicate model id(s) at `$.models[*].id`: {', '.join(dupes)}")
+        message = str(exc)
+        raise CatalogError(f"{_where(source, text, message)}: {message}") from None
+    seen: dict[str, str] = {}
+    for i, m in enumerate(catalog.models):
+        names = [(m.id, f"$.models[{i}].id")]
+        names += [(a, f"$.models[{i}].aliases[{j}]") for j, a in enumerate(m.aliases)]
+        for name, path in names:
+            if name in seen:
+                where = _where(source, text, f"`{path}`")
+                raise CatalogError(f"{where}: duplicate model name {name!r} at `{path}` "
+                                   f"(already at `{seen[name]}`; ids and aliases share one namespace)")
+            seen[name] = path
     return catalog
+
+
+_PATH = re.compile(r"`(\$[^`]*)`")
+_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+
+
+def _where(source: str, text: str, message: str) -> str:
+    """`source:line` of the node a msgspec path (`$.models[0].engine.url`) in `message` points at,
+    as deep as the YAML goes (an unknown field: that field's key); just `source` if none is found."""
+    found = _PATH.search(message)
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return source
+    if found is None or node is None:
+        return source
+    steps: list[str | int] = [int(i) if i else name for name, i in _STEP.findall(found.group(1))]
+    unknown = re.search(r"unknown field `([^`]+)`", message)
+    if unknown:
+        steps.append(unknown.group(1))
+    for n, step in enumerate(steps):
+        child = None
+        if isinstance(node, yaml.MappingNode) and isinstance(step, str):
+            pair = next(((k, v) for k, v in node.value if k.value == step), None)
+            if pair is not None:
+                child = pair[0] if n == len(steps) - 1 else pair[1]  # the field's own line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+            child = node.value[step]
+        if child is None:
+            break
+        node = child
+    return f"{source}:{node.start_mark.line + 1}"
 
 
 def load_catalog(path: str | os.PathLike[str]) -> Catalog:

@@ -68,6 +68,8 @@ class ModelEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: Name
     engine: EngineSpec
     task_queue: Queue
+    # Other names clients may send as `model`; requests, jobs and responses use the id.
+    aliases: tuple[Name, ...] = ()
     owned_by: str = "switchyard"
     created: int = 0
     max_concurrency: Annotated[int, Meta(ge=1)] = 4
@@ -82,8 +84,12 @@ class Catalog(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     models: Annotated[list[ModelEntry], Meta(min_length=1)]
 
     def get(self, model_id: str) -> ModelEntry | None:
+        """The entry with this id, else the one with this alias."""
         for entry in self.models:
             if entry.id == model_id:
+                return entry
+        for entry in self.models:
+            if model_id in entry.aliases:
                 return entry
         return None
 

@@ -92,7 +92,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     except CatalogError as exc:
         print(f"invalid catalog: {exc}", file=sys.stderr)
         return 2
-    if args.action == "validate":
+    if args.action in ("check", "validate"):
         print(f"{args.path}: ok, {len(catalog.models)} model(s)")
     else:
         for m in catalog.models:
@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(fn=cmd_worker)
     sub.add_parser("up", help="start the whole embedded stack in the foreground").set_defaults(fn=cmd_up)
     c = sub.add_parser("catalog", help="check or list the model catalog")
-    c.add_argument("action", choices=["validate", "list"])
+    c.add_argument("action", choices=["check", "validate", "list"],
+                   help="check (alias: validate): validate FILE, naming the bad line and field; list: its models")
     c.add_argument("path", nargs="?", default=os.environ.get("SWITCHYARD_CATALOG", "model_catalog.yaml"))
     c.set_defaults(fn=cmd_catalog)
     from switchyard.admin_cli import register as register_admin

@@ -1,5 +1,5 @@
 """Starts the real stack once per session: Temporal dev server, NATS JetStream, llama-server,
-a fake vLLM, one worker and the proxy, all on free loopback ports, all stopped at the end."""
+fakes of vLLM, TGI and Triton, one worker and the proxy, all on free loopback ports, all stopped at the end."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from switchyard.processes import (
     start_temporal,
     wait_http,
 )
+from tests.fakes.tgi import FakeTGI
+from tests.fakes.triton import FakeTriton
 from tests.fakes.vllm import FakeVLLM
 
 MODEL = "smollm2-135m-instruct"
@@ -43,6 +45,8 @@ class Stack:
     env: dict[str, str]
     procs: dict[str, Managed] = field(default_factory=dict)
     fake: FakeVLLM | None = None
+    tgi: FakeTGI | None = None
+    triton: FakeTriton | None = None
 
     def restart_proxy(self) -> None:
         self.procs["proxy"].stop()
@@ -64,10 +68,12 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("stack")
     log_dir = base / "log"
-    ports = {name: free_port() for name in ("temporal", "nats", "engine", "embed", "fake", "dead", "victim",
-                                            "proxy")}
+    ports = {name: free_port() for name in ("temporal", "nats", "engine", "embed", "fake", "tgi", "triton",
+                                            "dead", "victim", "proxy")}
     started: list[Managed] = []
     fake = FakeVLLM()
+    tgi = FakeTGI()
+    triton = FakeTriton()
     key = "sk-sy-test-" + uuid.uuid4().hex
     env = {
         "SWITCHYARD_TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}",
@@ -76,6 +82,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         "EMBED_ENGINE_URL": f"http://127.0.0.1:{ports['embed']}/v1",
         "SWITCHYARD_OBJECT_DIR": str(base / "objects"),
         "FAKE_ENGINE_URL": f"http://127.0.0.1:{ports['fake']}/v1",
+        "FAKE_TGI_URL": f"http://127.0.0.1:{ports['tgi']}",
+        "FAKE_TRITON_URL": f"http://127.0.0.1:{ports['triton']}",
         "DEAD_ENGINE_PORT": str(ports["dead"]),
         "VICTIM_ENGINE_URL": f"http://127.0.0.1:{ports['victim']}/v1",
         "SWITCHYARD_CATALOG": str(ROOT / "tests" / "catalog.yaml"),
@@ -96,12 +104,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         started.append(start_engine(ports["engine"], log_dir))
         started.append(start_embedding_engine(ports["embed"], log_dir))
         fake.start(ports["fake"])
+        tgi.start(ports["tgi"])
+        triton.start(ports["triton"])
         started.append(start_python("worker", ["worker"], log_dir, None, env))
         proxy = start_python("proxy", ["proxy"], log_dir, None, env)
         started.append(proxy)
         wait_http(proxy, f"http://127.0.0.1:{ports['proxy']}/healthz", 60)
         s = Stack(base, key, f"http://127.0.0.1:{ports['proxy']}", env["SWITCHYARD_TEMPORAL_ADDRESS"],
-                  env["SWITCHYARD_NATS_URL"], ports["victim"], env, {m.name: m for m in started}, fake)
+                  env["SWITCHYARD_NATS_URL"], ports["victim"], env, {m.name: m for m in started}, fake, tgi, triton)
         yield s
     finally:
         for m in reversed(started):
@@ -110,6 +120,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
             for m in s.procs.values():
                 m.stop()
         fake.stop()
+        tgi.stop()
+        triton.stop()
 
 
 @pytest.fixture

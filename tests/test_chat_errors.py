@@ -77,7 +77,7 @@ def test_malformed_body_is_400(http: httpx.Client, content: bytes):
 
 
 def test_oversized_body_is_413(http: httpx.Client):
-    huge = "x" * (5 * 1024 * 1024)
+    huge = "x" * (33 * 1024 * 1024)  # over the 32 MiB default
     r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": huge}]})
     assert_envelope(r, 413)
 

@@ -189,7 +189,7 @@ def test_request_id_passes_through_both_ways(stack: Stack, edge: Nginx):
 
 def test_oversized_body_is_refused_by_nginx_before_the_proxy(stack: Stack, edge: Nginx):
     limit = int(render().split("client_max_body_size ", 1)[1].split(";", 1)[0])
-    assert limit == 4 * 1024 * 1024  # the proxy's SWITCHYARD_MAX_BODY_BYTES default
+    assert limit == 32 * 1024 * 1024  # the proxy's SWITCHYARD_MAX_BODY_BYTES default
     auth = {"authorization": f"Bearer {stack.key}", "content-type": "application/json"}
 
     def post(size: int, request_id: str) -> httpx.Response:

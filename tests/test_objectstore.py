@@ -148,6 +148,30 @@ async def test_a_chat_body_over_temporals_limit_travels_by_reference(stack: Stac
     assert msgspec.json.decode(stored.read_bytes())["messages"][0]["content"] == filler
 
 
+async def test_a_5_mb_chat_prompt_succeeds_through_the_claim_check(stack: Stack, client: openai.OpenAI,
+                                                                     temporal):
+    """The issue's 5 MB prompt: over Temporal's 2 MB limit, under the 32 MiB body limit; streamed."""
+    marker = uuid.uuid4().hex
+    prompt = f"{marker} " + "lorem ipsum " * 440_000  # 5.28 MB
+    assert len(prompt) > 5_000_000
+    raw = client.chat.completions.with_raw_response.create(
+        model="fake-vllm", stream=True, messages=[{"role": "system", "content": prompt}, *scenario("ok")])
+    job_id = raw.headers["x-job-id"]
+    from tests.fakes.vllm import REPLY
+
+    assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices) == REPLY
+    assert [s for s in stack.fake.seen if s.startswith(marker)] == [prompt]  # the engine got it whole, once
+    handle = temporal.get_workflow_handle(job_id, result_type=InferenceSummary)
+    await handle.result()
+    history = await handle.fetch_history()
+    assert len(history.to_json()) < 50_000 and marker not in history.to_json()
+    started = history.events[0].workflow_execution_started_event_attributes
+    inference = msgspec.json.decode(started.input.payloads[0].data)["inference"]
+    assert inference["body"] == {} and inference["body_ref"].startswith(f"{job_id}/request-")
+    stored = Path(stack.env["SWITCHYARD_OBJECT_DIR"]) / inference["body_ref"]
+    assert msgspec.json.decode(stored.read_bytes())["messages"][0]["content"] == prompt
+
+
 def test_a_small_body_stays_inline(stack: Stack, client: openai.OpenAI):
     raw = client.chat.completions.with_raw_response.create(model="fake-vllm", messages=scenario("ok"))
     assert not (Path(stack.env["SWITCHYARD_OBJECT_DIR"]) / raw.headers["x-job-id"]).exists()
