@@ -114,6 +114,7 @@ class InferenceActivities:
             await publisher.cancelled("cancelled by the client")
             raise
         except EngineError as exc:
+            await publisher.flush()  # text the engine produced before failing is delivered, not lost
             await publisher.close()
             raise engine_failure(exc) from None
         finally:
