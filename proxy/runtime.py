@@ -13,6 +13,7 @@ from temporalio.client import Client
 
 from orchestration.catalog import load_catalog
 from orchestration.objectstore import ObjectStore, claim_check_bytes, object_store_from_env
+from orchestration.search_attributes import ensure_search_attributes
 from orchestration.streams import ensure_secrets_bucket, ensure_stream
 from orchestration.worker import connect_temporal
 from proxy.config import ProxySettings
@@ -37,6 +38,7 @@ class Runtime:
     async def start(cls, settings: ProxySettings) -> "Runtime":
         catalog = load_catalog(settings.catalog_path)
         temporal = await connect_temporal(settings.temporal_address, settings.namespace)
+        await ensure_search_attributes(temporal, settings.namespace)
         nc = await nats.connect(settings.nats_url, name="switchyard-proxy", max_reconnect_attempts=-1)
         js = nc.jetstream()
         await ensure_stream(js)
