@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, AsyncIterator, Iterator, Protocol, Sequence, Union
 
@@ -160,6 +161,25 @@ def http_client(connect_timeout_s: float, read_timeout_s: float) -> httpx.AsyncC
                                limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
     traced(client)
     return client
+
+
+def json_headers(api_key_env: str = "") -> dict[str, str]:
+    """Request headers for a JSON engine API, with the bearer key from `api_key_env` when set."""
+    headers = {"content-type": "application/json"}
+    key = os.environ.get(api_key_env) if api_key_env else None
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    return headers
+
+
+async def probe(client: httpx.AsyncClient, url: str, timeout: float,
+                headers: dict[str, str] | None = None) -> bool:
+    """True when `GET url` answers 200 in time; never raises (readiness checks)."""
+    try:
+        r = await client.get(url, headers=headers, timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200
 
 
 def traced(client: httpx.AsyncClient) -> httpx.AsyncClient:

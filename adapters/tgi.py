@@ -14,13 +14,14 @@ Sources: TGI's docs/openapi.json and router/src/server.rs; TEI's docs/openapi.js
 
 from __future__ import annotations
 
-import os
 from typing import Any, AsyncIterator, Union
 
 import httpx
 import msgspec
 
 from adapters.base import (
+    json_headers,
+    probe,
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
@@ -136,22 +137,14 @@ class TGIAdapter:
         self._spec = spec
         self.capabilities = declared_capabilities(self.supported, spec.capabilities, spec.kind)
         self._base = spec.url.rstrip("/")
-        headers = {"content-type": "application/json"}
-        key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
-        if key:
-            headers["authorization"] = f"Bearer {key}"
-        self._headers = headers
+        self._headers = json_headers(spec.api_key_env)
         self._client = client or http_client(spec.connect_timeout_s, spec.read_timeout_s)
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     async def ready(self) -> bool:
-        try:
-            r = await self._client.get(self._base + "/health", timeout=self._spec.connect_timeout_s)
-        except httpx.HTTPError:
-            return False
-        return r.status_code == 200
+        return await probe(self._client, self._base + "/health", self._spec.connect_timeout_s)
 
     async def stream_chat(self, body: dict[str, Any]) -> AsyncIterator[StreamPiece]:
         require(self, CHAT, "tgi")

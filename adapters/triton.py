@@ -26,6 +26,7 @@ import httpx
 import msgspec
 
 from adapters.base import (
+    probe,
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
@@ -90,11 +91,7 @@ class TritonAdapter:
         await self._client.aclose()
 
     async def ready(self) -> bool:
-        try:
-            r = await self._client.get(self._model_url + "/ready", timeout=self._spec.connect_timeout_s)
-        except httpx.HTTPError:
-            return False
-        return r.status_code == 200
+        return await probe(self._client, self._model_url + "/ready", self._spec.connect_timeout_s)
 
     async def stream_chat(self, body: dict[str, Any]) -> AsyncIterator[StreamPiece]:
         require(self, CHAT, "triton")
