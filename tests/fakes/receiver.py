@@ -7,23 +7,22 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tests.fakes.server import LoopbackServer
 
-class Receiver:
+
+class Receiver(LoopbackServer):
     def __init__(self) -> None:
         self.deliveries: list[tuple[str, dict[str, str], bytes, float]] = []
         self.count: Counter[str] = Counter()
         self.app = Starlette(routes=[Route("/{path:path}", self.handle, methods=["POST"])])
-        self.server: uvicorn.Server | None = None
 
     async def handle(self, request: Request) -> Response:
         path = request.url.path
@@ -38,14 +37,3 @@ class Receiver:
 
     def for_path(self, path: str):
         return [d for d in self.deliveries if d[0] == path]
-
-    def start(self, port: int) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port,
-                                                    log_level="warning", lifespan="off"))
-        threading.Thread(target=self.server.run, daemon=True).start()
-        while not self.server.started:
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.should_exit = True

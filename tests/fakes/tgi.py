@@ -30,14 +30,14 @@ import asyncio
 import json
 import re
 import math
-import threading
 import time
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes.server import LoopbackServer
 
 REPLY = "Hello from the fake TGI, one token at a time."
 PROMPT_TOKENS = 7
@@ -62,7 +62,7 @@ def vector(text: str, normalize: bool = True, dims: int = 8) -> list[float]:
     return v
 
 
-class FakeTGI:
+class FakeTGI(LoopbackServer):
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict]] = []
         self.outcome: dict[str, str] = {}
@@ -73,8 +73,6 @@ class FakeTGI:
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/embed", self.embed, methods=["POST"]),
         ])
-        self.server: uvicorn.Server | None = None
-        self.thread: threading.Thread | None = None
 
     async def health(self, request: Request) -> Response:
         if self.healthy:
@@ -159,23 +157,6 @@ class FakeTGI:
         tokens = sum(len(t.split()) for t in texts)
         return JSONResponse([vector(t, body.get("normalize", True)) for t in texts],
                             headers={"x-compute-tokens": str(tokens)})
-
-    def start(self, port: int) -> None:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise TimeoutError("fake TGI did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.should_exit = True
-        if self.thread is not None:
-            self.thread.join(5)
 
 
 def _sse(data: dict) -> str:

@@ -26,14 +26,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
-import time
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes.server import LoopbackServer
 
 REPLY = "Triton says hello in four words and more."
 GENERATE = {"gen": ("text_input", "text_output", False), "gen-custom": ("prompt", "completion", False),
@@ -56,7 +55,7 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-class FakeTriton:
+class FakeTriton(LoopbackServer):
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict]] = []
         self.outcome: dict[str, str] = {}
@@ -65,8 +64,6 @@ class FakeTriton:
             Route("/v2/models/{model}/generate_stream", self.generate_stream, methods=["POST"]),
             Route("/v2/models/{model}/infer", self.infer, methods=["POST"]),
         ])
-        self.server: uvicorn.Server | None = None
-        self.thread: threading.Thread | None = None
 
     async def ready(self, request: Request) -> Response:
         model = request.path_params["model"]
@@ -137,23 +134,6 @@ class FakeTriton:
         data = [x for t in texts for x in vector(t)]
         return JSONResponse({"model_name": model, "model_version": "1", "outputs": [
             {"name": "embedding", "datatype": "FP32", "shape": [len(texts), DIMS], "data": data}]})
-
-    def start(self, port: int) -> None:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise TimeoutError("fake Triton did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.should_exit = True
-        if self.thread is not None:
-            self.thread.join(5)
 
 
 def _sse(data: dict) -> str:

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections import Counter
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes.server import LoopbackServer
 
 REPLY = "Hello from the fake engine, streamed in pieces."
 
@@ -35,14 +35,12 @@ def _error(status: int, message: str, type_: str) -> JSONResponse:
                         status_code=status)
 
 
-class FakeVLLM:
+class FakeVLLM(LoopbackServer):
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
         self.seen: list[str] = []  # every prompt text the engine received, to check what reached it
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"]),
                                      Route("/health", self.health)])
-        self.server: uvicorn.Server | None = None
-        self.thread: threading.Thread | None = None
 
     async def health(self, request: Request) -> JSONResponse:
         return JSONResponse({})
@@ -92,20 +90,3 @@ class FakeVLLM:
             usage = {"prompt_tokens": 11, "completion_tokens": n, "total_tokens": 11 + n}
             yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
-
-    def start(self, port: int) -> None:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise TimeoutError("fake engine did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.should_exit = True
-        if self.thread is not None:
-            self.thread.join(5)
