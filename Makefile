@@ -4,9 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 ENGINE := .cache/engine/bin/llama-server
 
-.PHONY: install engine nginx compose-schema run test bench clean stop
+.PHONY: install engine nginx compose-schema triton run test bench clean stop
 
-install: $(VENV)/.installed engine nginx compose-schema
+install: $(VENV)/.installed engine nginx compose-schema triton
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ required"; exit 1; }
@@ -24,6 +24,11 @@ compose-schema: .cache/compose-schema/compose_spec.json
 
 .cache/compose-schema/compose_spec.json: scripts/fetch_compose_schema.sh | $(VENV)/.installed
 	PYTHON=$(BIN)/python scripts/fetch_compose_schema.sh
+
+triton: .cache/pytriton/.installed   # the real Triton deployment (compose/triton) in a venv of its own
+
+.cache/pytriton/.installed: scripts/setup_triton.sh constraints-triton.txt
+	scripts/setup_triton.sh
 
 nginx: .cache/nginx/nginx   # Debian's nginx, unpacked for the edge tests (tests/test_nginx.py)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, AsyncIterator, Iterator, Protocol, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Iterator, Protocol, Sequence, Union
 
 import httpx
 import msgspec
 
+from schemas.audio import Transcript
 from schemas.openai import Usage
 
 
@@ -35,7 +36,21 @@ class EmbeddingResult(msgspec.Struct):
 CHAT = "chat"
 COMPLETIONS = "completions"
 EMBEDDINGS = "embeddings"
+ASR = "asr"  # speech to text: transcriptions, and translations where the model translates
+TTS = "tts"  # text to speech
 PREFIX_CONTINUATION = "prefix_continuation"  # honours continue_final_message / add_generation_prompt
+
+
+class AudioInput(msgspec.Struct, frozen=True):
+    """A transcription request as an engine gets it: the uploaded file and Whisper's options."""
+
+    audio: bytes
+    filename: str = "audio"
+    task: str = "transcribe"  # or "translate" (into English)
+    language: str = ""
+    prompt: str = ""
+    temperature: Union[float, None] = None
+    word_timestamps: bool = False
 
 
 class EngineError(Exception):
@@ -195,15 +210,16 @@ def traced(client: httpx.AsyncClient) -> httpx.AsyncClient:
 
 
 @asynccontextmanager
-async def open_stream(client: httpx.AsyncClient, url: str, content: bytes,
-                      headers: dict[str, str]) -> AsyncIterator[httpx.Response]:
+async def open_stream(client: httpx.AsyncClient, url: str, content: bytes, headers: dict[str, str],
+                      errors: Callable[[int, str], EngineError] | None = None) -> AsyncIterator[httpx.Response]:
     """POSTs and holds the streamed response; leaving the block (also by closing the generator that
-    holds it) closes the engine request. An error status is raised as its EngineError."""
+    holds it) closes the engine request. An error status is raised as its EngineError (`errors`
+    maps status and body; status_error by default)."""
     with transport_errors():
         async with client.stream("POST", url, content=content, headers=headers) as response:
             if response.status_code != 200:
                 text = (await response.aread()).decode("utf-8", "replace")
-                raise status_error(response.status_code, text)
+                raise (errors or status_error)(response.status_code, text)
             yield response
 
 
@@ -235,6 +251,15 @@ class InferenceAdapter(Protocol):
 
     async def embed(self, body: dict[str, Any]) -> EmbeddingResult:
         """An /v1/embeddings request (`input`); vectors are floats whatever `encoding_format` says."""
+        ...
+
+    async def transcribe(self, request: AudioInput) -> Transcript:
+        """Speech to text (or, with task "translate", to English text), with segment times."""
+        ...
+
+    def speak(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """An /v1/audio/speech request (`input`, `voice`, `response_format`, `speed`): the bytes of
+        one audio file of that format, yielded as the engine produces them."""
         ...
 
     async def ready(self) -> bool:

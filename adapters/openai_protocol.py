@@ -1,4 +1,8 @@
-"""Adapter for engines that speak the OpenAI HTTP protocol: vLLM, llama.cpp's llama-server, SGLang."""
+"""Adapter for engines that speak the OpenAI HTTP protocol: vLLM, llama.cpp's llama-server, SGLang.
+
+Audio: vLLM serves `/v1/audio/transcriptions` and `/translations` (Whisper) as multipart uploads;
+this adapter asks for `verbose_json` and makes every response format from its segments. Speech is
+`POST /v1/audio/speech` on an OpenAI-compatible TTS server, its audio read as it arrives."""
 
 from __future__ import annotations
 
@@ -10,8 +14,11 @@ import msgspec
 from adapters.base import (
     json_headers,
     probe,
+    ASR,
     CHAT,
     COMPLETIONS,
+    TTS,
+    AudioInput,
     EMBEDDINGS,
     PREFIX_CONTINUATION,
     EmbeddingResult,
@@ -27,6 +34,7 @@ from adapters.base import (
     stream_cut,
     transport_errors,
 )
+from schemas.audio import Transcript
 from schemas.catalog import EngineSpec
 from schemas.openai import Usage
 
@@ -88,6 +96,7 @@ class _Embeddings(msgspec.Struct):
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
 _text_chunk_decoder = msgspec.json.Decoder(_TextChunk)
 _embeddings_decoder = msgspec.json.Decoder(_Embeddings)
+_transcript_decoder = msgspec.json.Decoder(Transcript)
 _body_encoder = msgspec.json.Encoder()
 
 
@@ -97,7 +106,7 @@ def classify_status(status: int, text: str) -> EngineError:
 
 
 class OpenAIProtocolAdapter:
-    supported = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, PREFIX_CONTINUATION})
+    supported = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, ASR, TTS, PREFIX_CONTINUATION})
 
     def __init__(self, spec: EngineSpec, client: httpx.AsyncClient | None = None):
         self._spec = spec
@@ -146,6 +155,39 @@ class OpenAIProtocolAdapter:
         data = sorted(out.data, key=lambda e: e.index)
         return EmbeddingResult(vectors=[e.embedding for e in data], prompt_tokens=out.usage.prompt_tokens)
 
+    async def transcribe(self, request: AudioInput) -> Transcript:
+        require(self, ASR, self._spec.kind)
+        fields: list[tuple[str, str]] = [("model", self._spec.served_name or "whisper"),
+                                         ("response_format", "verbose_json"),
+                                         ("timestamp_granularities[]", "segment")]
+        if request.word_timestamps:
+            fields.append(("timestamp_granularities[]", "word"))
+        if request.language and request.task == "transcribe":
+            fields.append(("language", request.language))
+        if request.prompt:
+            fields.append(("prompt", request.prompt))
+        if request.temperature is not None:
+            fields.append(("temperature", str(request.temperature)))
+        path = "/audio/translations" if request.task == "translate" else "/audio/transcriptions"
+        headers = {k: v for k, v in self._headers.items() if k != "content-type"}  # httpx sets the boundary
+        with transport_errors():
+            r = await self._client.post(self._base + path, data=dict(_group(fields)), headers=headers,
+                                        files={"file": (request.filename, request.audio)})
+        if r.status_code != 200:
+            raise status_error(r.status_code, r.text)
+        try:
+            return _transcript_decoder.decode(r.content)
+        except msgspec.DecodeError:
+            raise bad_output("a malformed transcription") from None
+
+    async def speak(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        require(self, TTS, self._spec.kind)
+        content = self._payload(body, stream=False)
+        async with open_stream(self._client, self._base + "/audio/speech", content, self._headers) as response:
+            async for chunk in response.aiter_bytes():
+                if chunk:
+                    yield chunk
+
     async def _stream(self, path: str, body: dict[str, Any], decoder: msgspec.json.Decoder,
                       pieces: Callable[[Any], Iterable[StreamPiece]]) -> AsyncIterator[StreamPiece]:
         content = self._payload(body, stream=True)
@@ -179,3 +221,15 @@ def _text_pieces(chunk: _TextChunk) -> Iterable[StreamPiece]:
         yield StreamPiece(content=choice.text, finish_reason=choice.finish_reason, model=chunk.model)
     if chunk.usage is not None:
         yield StreamPiece(usage=chunk.usage, model=chunk.model)
+
+
+def _group(fields: list[tuple[str, str]]) -> dict[str, str | list[str]]:
+    """Form fields for httpx: a repeated name (`timestamp_granularities[]`) as a list."""
+    out: dict[str, str | list[str]] = {}
+    for name, value in fields:
+        if name in out:
+            prev = out[name]
+            out[name] = [*prev, value] if isinstance(prev, list) else [prev, value]
+        else:
+            out[name] = value
+    return out

@@ -7,6 +7,12 @@
   with `{"error": "..."}`; one during inference is an event `data: {"error": "..."}` on a 200 stream.
 - embeddings: `POST /v2/models/{m}/infer` with a BYTES input tensor of the texts and an FP32 output
   tensor, whose `data` is flattened row-major and reshaped here by its `shape`.
+- transcriptions: `POST /v2/models/{m}/infer` with the audio file as one BYTES element sent in
+  binary form (the binary tensor data extension: a JSON header of `Inference-Header-Content-Length`
+  bytes, then the element as a 4-byte little-endian length and its bytes), Whisper's options as
+  request `parameters`; the answer's BYTES output holds the transcript as JSON.
+- speech: `generate_stream` with `text_input` and `parameters` {voice, speed, response_format};
+  each event's output holds the next bytes of the audio file in base64 (JSON cannot carry bytes).
 - readiness: `GET /v2/models/{m}/ready` answers 200 when the model is ready.
 Triton's generate takes text, not messages, so chat is rendered here with the catalog's simple
 template (`triton_message_format`, `triton_generation_prompt`, or only the last user message).
@@ -18,7 +24,11 @@ extension_generate.md; the KServe Open Inference Protocol (v2) REST specificatio
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
+import re
+import struct
 from typing import Any, AsyncIterator, Union
 from urllib.parse import quote
 
@@ -28,8 +38,11 @@ import msgspec
 from adapters.base import (
     probe,
     CHAT,
+    ASR,
     COMPLETIONS,
     EMBEDDINGS,
+    TTS,
+    AudioInput,
     PREFIX_CONTINUATION,
     EmbeddingResult,
     StreamPiece,
@@ -46,6 +59,7 @@ from adapters.base import (
     transport_errors,
     unavailable,
 )
+from schemas.audio import Transcript
 from schemas.catalog import EngineSpec
 from schemas.openai import Usage
 
@@ -62,12 +76,13 @@ class _InferResponse(msgspec.Struct):
 
 
 _infer_decoder = msgspec.json.Decoder(_InferResponse)
+_transcript_decoder = msgspec.json.Decoder(Transcript)
 _encoder = msgspec.json.Encoder()
 _FLOAT_TYPES = frozenset({"FP16", "BF16", "FP32", "FP64"})
 
 
 class TritonAdapter:
-    supported = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, PREFIX_CONTINUATION})
+    supported = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, ASR, TTS, PREFIX_CONTINUATION})
 
     @classmethod
     def supported_for(cls, spec: EngineSpec) -> frozenset[str]:
@@ -122,15 +137,14 @@ class TritonAdapter:
         matcher = StopMatcher([stop] if isinstance(stop, str) else list(stop or []))
         seen, finish, usage = "", None, Usage()
         async with open_stream(self._client, self._model_url + "/generate_stream",
-                               _encoder.encode(payload), self._headers) as response:
+                               _encoder.encode(payload), self._headers, stream_error) as response:
             async for data in sse_data(response):
                 try:
                     event = self._event_decoder.decode(data)
                 except msgspec.DecodeError:
                     raise bad_output() from None
-                if event.error is not None:  # a model's traceback ends with what went wrong
-                    lines = event.error.strip().splitlines() or ["engine error"]
-                    raise unavailable(f"engine failed: {lines[-1][:300]}", code="engine_generation_error")
+                if event.error is not None:
+                    raise model_error(event.error)
                 chunk = _as_text(event.text)
                 if spec.triton_cumulative_output:
                     chunk, seen = (chunk[len(seen):] if chunk.startswith(seen) else chunk), chunk
@@ -157,22 +171,130 @@ class TritonAdapter:
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise rejected("this engine embeds text only: `input` must be a string or a list of strings",
                            param="input")
+        size = spec.triton_max_batch or len(texts)
+        vectors: list[list[float]] = []
+        tokens = 0
+        for i in range(0, len(texts), size):
+            batch, count = await self._embed_batch(texts[i:i + size])
+            vectors += batch
+            tokens += count
+        return EmbeddingResult(vectors=vectors, prompt_tokens=tokens)
+
+    async def _embed_batch(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        spec = self._spec
         payload = {"inputs": [{"name": spec.triton_embedding_input, "datatype": "BYTES",
                                "shape": [len(texts), *spec.triton_embedding_input_dims], "data": texts}],
                    "outputs": [{"name": spec.triton_embedding_output}]}
-        with transport_errors():
-            r = await self._client.post(self._model_url + "/infer", content=_encoder.encode(payload),
-                                        headers=self._headers)
-        if r.status_code != 200:
-            raise status_error(r.status_code, r.text)
-        try:
-            out = _infer_decoder.decode(r.content)
-        except msgspec.DecodeError:
-            raise bad_output("a malformed infer response") from None
+        if spec.triton_token_count_output:
+            payload["outputs"].append({"name": spec.triton_token_count_output})
+        out = await self._infer(_encoder.encode(payload), self._headers)
         tensor = next((t for t in out.outputs if t.name == spec.triton_embedding_output), None)
         if tensor is None or tensor.datatype not in _FLOAT_TYPES or not tensor.shape:
             raise bad_output(f"no float output tensor {spec.triton_embedding_output!r}")
-        return EmbeddingResult(vectors=reshape(tensor, len(texts)))
+        counts = next((t for t in out.outputs if t.name == spec.triton_token_count_output), None)
+        tokens = int(sum(_flat(counts.data))) if counts is not None else 0
+        return reshape(tensor, len(texts)), tokens
+
+    async def transcribe(self, request: AudioInput) -> Transcript:
+        require(self, ASR, "triton")
+        spec = self._spec
+        parameters: dict[str, Any] = {"task": request.task, "word_timestamps": request.word_timestamps}
+        if request.language:
+            parameters["language"] = request.language
+        if request.prompt:
+            parameters["prompt"] = request.prompt
+        if request.temperature is not None:
+            parameters["temperature"] = request.temperature
+        element = struct.pack("<I", len(request.audio)) + request.audio
+        header = _encoder.encode({
+            "inputs": [{"name": spec.triton_audio_input, "datatype": "BYTES", "shape": [1],
+                        "parameters": {"binary_data_size": len(element)}}],
+            "outputs": [{"name": spec.triton_transcript_output, "parameters": {"binary_data": False}}],
+            "parameters": parameters})
+        out = await self._infer(header + element, {"content-type": "application/octet-stream",
+                                                   "inference-header-content-length": str(len(header))})
+        try:
+            tensor = next(t for t in out.outputs if t.name == spec.triton_transcript_output)
+            return _transcript_decoder.decode(_as_text(tensor.data))
+        except (msgspec.DecodeError, StopIteration):
+            raise bad_output(f"no transcript in output {spec.triton_transcript_output!r}") from None
+
+    async def _infer(self, content: bytes, headers: dict[str, str]) -> _InferResponse:
+        """POST /infer; its error status as an EngineError, its answer decoded."""
+        with transport_errors():
+            r = await self._client.post(self._model_url + "/infer", content=content, headers=headers)
+        if r.status_code != 200:
+            raise infer_error(r.status_code, r.text)
+        try:
+            return _infer_decoder.decode(r.content)
+        except msgspec.DecodeError:
+            raise bad_output("a malformed infer response") from None
+
+    async def speak(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        require(self, TTS, "triton")
+        spec = self._spec
+        parameters = {"voice": body.get("voice") or "default", "speed": float(body.get("speed") or 1.0),
+                      "response_format": body.get("response_format") or "mp3"}
+        payload = {spec.triton_text_input: body.get("input", ""), "parameters": parameters}
+        decoder = msgspec.json.Decoder(msgspec.defstruct("TritonAudioEvent", [
+            ("audio", Any, None), ("error", Union[str, None], None)], rename={"audio": spec.triton_speech_output}))
+        async with open_stream(self._client, self._model_url + "/generate_stream",
+                               _encoder.encode(payload), self._headers, stream_error) as response:
+            async for data in sse_data(response):
+                try:
+                    event = decoder.decode(data)
+                    chunk = base64.b64decode(_as_text(event.audio), validate=True)
+                except (msgspec.DecodeError, binascii.Error):
+                    raise bad_output() from None
+                if event.error is not None:
+                    raise model_error(event.error)
+                if chunk:
+                    yield chunk
+
+
+_EXCEPTION_LINE = re.compile(r"^\s*(\w*(?:Error|Exception)): (.+)$", re.MULTILINE)
+
+
+def model_exception(message: str) -> tuple[str, str]:
+    """(exception type, its message) from a Python model's traceback, which Triton passes on whole
+    (ending in an `At:` list of files); the last line itself where there is none."""
+    found = _EXCEPTION_LINE.findall(message)
+    if found:
+        kind, text = found[-1]
+        return kind, text.strip()[:300]
+    lines = message.strip().splitlines() or ["engine error"]
+    return "", lines[-1][:300]
+
+
+def model_error(message: str):
+    """An error event mid-stream: the model failed while generating; another attempt may succeed."""
+    _, text = model_exception(message)
+    return unavailable(f"engine failed: {text}", code="engine_generation_error")
+
+
+def stream_error(status: int, body: str):
+    """generate_stream's error status: its body may be an SSE frame (`data: {"error": ...}`)."""
+    return infer_error(status, body.strip().removeprefix("data:").strip())
+
+
+def infer_error(status: int, body: str):
+    """An infer request's error. Triton answers 500 for any exception in a Python model; a
+    ValueError there is the model refusing its input (audio it cannot decode), not worth a retry."""
+    try:  # the whole message: the traceback's last exception line is what matters
+        data = msgspec.json.decode(body)
+        message = str(data.get("error", body)) if isinstance(data, dict) else body
+    except msgspec.DecodeError:
+        message = body
+    kind, text = model_exception(message)
+    if status in (400, 500) and kind == "ValueError":
+        return rejected(text, code="engine_rejected")
+    return status_error(status, text if kind else body)
+
+
+def _flat(data: list[Any]) -> list[Any]:
+    while data and isinstance(data[0], list):
+        data = [x for row in data for x in row]
+    return data
 
 
 def reshape(tensor: _Tensor, n: int) -> list[list[float]]:

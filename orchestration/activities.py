@@ -10,7 +10,7 @@ from nats.js import JetStreamContext
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from adapters.base import EngineError, InferenceAdapter, StreamPiece, rejected
+from adapters.base import AudioInput, EngineError, InferenceAdapter, StreamPiece, rejected
 from orchestration.cancels import CancelRegistry
 from orchestration.continuation import (
     Delivered,
@@ -21,18 +21,23 @@ from orchestration.continuation import (
 )
 from orchestration.embeddings import embeddings_body
 from orchestration.objectstore import ObjectNotFound, ObjectStore, object_store_from_env, result_key
+from orchestration.transcripts import SUFFIX, render
 from orchestration.publisher import EventPublisher
 from orchestration.streams import last_event, read_events
-from schemas.events import Delta, Finished, is_terminal
+from schemas.events import Delta, Finished, Started, is_terminal
 from schemas.jobs import (
     COMPLETIONS_ENDPOINT,
     EMBEDDINGS_ENDPOINT,
+    SPEECH_ENDPOINT,
+    TRANSCRIPTIONS_ENDPOINT,
+    TRANSLATIONS_ENDPOINT,
     InferenceInput,
     InferenceSummary,
     Settlement,
     SettlementRequest,
     TerminalNotice,
 )
+from schemas.audio import TranscriptionJSON
 from schemas.openai import Usage
 
 ENGINE_ERROR = "EngineError"
@@ -62,8 +67,10 @@ class InferenceActivities:
         if adapter is None:
             raise ApplicationError(f"this worker serves no model {inp.model!r}", type="NoAdapter")
         prior = Delivered()
-        if info.attempt > 1:
+        if info.attempt > 1 or inp.stage_index > 0:
             events = await read_events(self._js, inp.job_id)
+            last_seq = max((e.seq for e in events), default=0)
+            events = stage_events(events, inp.stage)
             ended = next((e for e in events if is_terminal(e)), None)
             if isinstance(ended, Finished):  # the last attempt finished but died before reporting
                 return InferenceSummary(finish_reason=ended.finish_reason, usage=ended.usage,
@@ -71,9 +78,12 @@ class InferenceActivities:
             if ended is not None:
                 raise ApplicationError("the job already ended", type=JOB_ENDED, non_retryable=True)
             prior = delivered(events)
+            prior.last_seq = last_seq
         publisher = EventPublisher(self._js, inp.job_id, info.attempt, prior.last_seq, self._coalesce_s,
                                    tokens_before=prior.tokens)
         body, stripper = await self._body(inp), None
+        if "context_ref" in inp.options:
+            body = with_context(body, await self._object(inp.options["context_ref"], "the previous stage's result"))
         resumed = None
         if prior.text and not (prior.reasoning or prior.tool_calls):
             if inp.endpoint == COMPLETIONS_ENDPOINT:  # the delivered text joins the prompt
@@ -81,7 +91,7 @@ class InferenceActivities:
             elif "prefix_continuation" in adapter.capabilities:
                 resumed = continuation_body(body, prior.text, prior.tokens)
                 stripper = PrefixEchoStripper(prior.text)
-        if prior.text or prior.reasoning or prior.tool_calls:
+        if prior.text or prior.reasoning or prior.tool_calls or prior.audio:
             if resumed is None:
                 await publisher.restarted("the engine cannot continue the delivered output; it starts over")
                 prior = Delivered(last_seq=publisher.seq)
@@ -89,14 +99,20 @@ class InferenceActivities:
                                            self._coalesce_s)
             else:
                 body = resumed
-        await publisher.started(resumed_from=prior.last_seq if prior.text else 0)
+        await publisher.started(resumed_from=prior.last_seq if prior.text else 0, stage=inp.stage)
 
         cancelled = self._cancels.register(inp.job_id)
         result_ref = ""
+        text: list[str] | None = None
         if inp.endpoint == EMBEDDINGS_ENDPOINT:
             work = self._embed(adapter, inp, body)
+        elif inp.endpoint in (TRANSCRIPTIONS_ENDPOINT, TRANSLATIONS_ENDPOINT):
+            work = self._transcribe(adapter, inp, body)
+        elif inp.endpoint == SPEECH_ENDPOINT:
+            work = self._speak(adapter, inp, body, publisher)
         else:
-            work = self._generate(self._pieces(adapter, inp.endpoint, body), publisher, stripper)
+            text = [prior.text] if inp.options.get("store_text") else None
+            work = self._generate(self._pieces(adapter, inp.endpoint, body), publisher, stripper, text)
         run = asyncio.ensure_future(work)
         heartbeat = asyncio.ensure_future(self._heartbeat(publisher, info.heartbeat_timeout))
         stop = asyncio.ensure_future(cancelled.wait())
@@ -108,6 +124,9 @@ class InferenceActivities:
                 await publisher.cancelled("cancelled by the client")
                 raise ApplicationError("the job was cancelled", type=JOB_CANCELLED, non_retryable=True)
             finish_reason, usage, result_ref = run.result()
+            if text is not None:  # a pipeline's text result: the next stage's context, or the job's result
+                data = msgspec.json.encode(TranscriptionJSON(text="".join(text)))
+                result_ref = await self._objects.put(stage_result_key(inp, "json"), data)
         except asyncio.CancelledError:  # Temporal delivered the cancellation
             run.cancel()
             await asyncio.gather(run, return_exceptions=True)
@@ -125,6 +144,10 @@ class InferenceActivities:
             usage = Usage(prompt_tokens=max(0, usage.prompt_tokens - prior.tokens),
                           completion_tokens=usage.completion_tokens + prior.tokens,
                           total_tokens=usage.total_tokens)
+        if not inp.final:  # a pipeline's earlier stage: the job goes on
+            await publisher.close()
+            return InferenceSummary(finish_reason=finish_reason, usage=usage, last_seq=publisher.seq,
+                                    attempt=info.attempt, result_ref=result_ref)
         last_seq = await publisher.finish({"finish_reason": finish_reason, "usage": usage,
                                            "model": inp.model, "created": inp.created,
                                            "result_ref": result_ref})
@@ -135,10 +158,13 @@ class InferenceActivities:
         """The request body, loaded from the object store when it came by reference (claim check)."""
         if not inp.body_ref:
             return inp.body
+        return msgspec.json.decode(await self._object(inp.body_ref, "the request body"))
+
+    async def _object(self, ref: str, what: str) -> bytes:
         try:
-            return msgspec.json.decode(await self._objects.get(inp.body_ref))
+            return await self._objects.get(ref)
         except ObjectNotFound:
-            raise engine_failure(EngineError("the request body is no longer in the object store",
+            raise engine_failure(EngineError(f"{what} is no longer in the object store",
                                              status=500, retryable=False, code="body_missing")) from None
 
     @staticmethod
@@ -161,8 +187,36 @@ class InferenceActivities:
         ref = await self._objects.put(result_key(inp.job_id), data)
         return None, Usage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens), ref
 
+    async def _transcribe(self, adapter: InferenceAdapter, inp: InferenceInput,
+                          body: dict) -> tuple[None, Usage, str]:
+        """Speech to text; the formatted response body goes to the object store, as embeddings'."""
+        task = "translate" if inp.endpoint == TRANSLATIONS_ENDPOINT else "transcribe"
+        granularities = tuple(body.get("timestamp_granularities") or ())
+        request = AudioInput(audio=await self._object(inp.options["audio_ref"], "the uploaded audio"),
+                             filename=inp.options.get("filename", "audio"), task=task,
+                             language=body.get("language", ""), prompt=body.get("prompt", ""),
+                             temperature=body.get("temperature"), word_timestamps="word" in granularities)
+        transcript = await adapter.transcribe(request)
+        response_format = body.get("response_format", "json")
+        data = render(transcript, response_format, task, granularities)
+        ref = await self._objects.put(stage_result_key(inp, SUFFIX[response_format]), data)
+        return None, Usage(), ref
+
+    async def _speak(self, adapter: InferenceAdapter, inp: InferenceInput, body: dict,
+                     publisher: EventPublisher) -> tuple[str, Usage, str]:
+        """Text to speech: audio goes to the client as it comes, and whole to the object store for
+        the job's result."""
+        parts: list[bytes] = []
+        async for chunk in adapter.speak(body):
+            parts.append(chunk)
+            await publisher.add_audio(chunk)
+        ref = await self._objects.put(result_key(inp.job_id, body.get("response_format", "mp3")), b"".join(parts))
+        characters = len(body.get("input", ""))
+        return "stop", Usage(prompt_tokens=characters, total_tokens=characters), ref
+
     async def _generate(self, pieces: AsyncIterator[StreamPiece], publisher: EventPublisher,
-                        stripper: PrefixEchoStripper | None) -> tuple[str | None, Usage, str]:
+                        stripper: PrefixEchoStripper | None,
+                        text: list[str] | None = None) -> tuple[str | None, Usage, str]:
         usage = Usage()
         finish_reason: str | None = None
         async for piece in pieces:
@@ -171,6 +225,8 @@ class InferenceActivities:
                 content = stripper.feed(content)
             if content or piece.reasoning or (piece.role and not piece.tool_calls):
                 await publisher.add_text(content, piece.reasoning, piece.role)
+                if text is not None:
+                    text.append(content)
             if piece.tool_calls:
                 await publisher.add_tool_calls(piece.tool_calls)
             if piece.finish_reason:
@@ -181,6 +237,8 @@ class InferenceActivities:
             rest = stripper.flush()
             if rest:
                 await publisher.add_text(rest)
+                if text is not None:
+                    text.append(rest)
         return finish_reason, usage, ""
 
     async def _heartbeat(self, publisher: EventPublisher, timeout) -> None:
@@ -217,3 +275,24 @@ class InferenceActivities:
         assert notice.error is not None
         return await publisher.fail(notice.status, notice.error)
 
+
+
+def stage_events(events: list, stage: str) -> list:
+    """A pipeline stage's own events: from its first start on (all of them for a plain job)."""
+    if not stage:
+        return events
+    first = next((i for i, e in enumerate(events) if isinstance(e, Started) and e.stage == stage), len(events))
+    return events[first:]
+
+
+def with_context(body: dict[str, Any], context: bytes) -> dict[str, Any]:
+    """A pipeline chat stage's body with the previous stage's text where `{context}` stands."""
+    text = msgspec.json.decode(context, type=TranscriptionJSON).text
+    messages = [{**m, "content": m["content"].replace("{context}", text)} if isinstance(m.get("content"), str)
+                else m for m in body.get("messages", [])]
+    return {**body, "messages": messages}
+
+
+def stage_result_key(inp: InferenceInput, suffix: str) -> str:
+    """The job's result, or an earlier pipeline stage's (kept beside it: `result.<stage>.json`)."""
+    return result_key(inp.job_id, f"{inp.stage}.{suffix}" if inp.stage and not inp.final else suffix)

@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 import yaml
 
+from adapters.registry import engine_capabilities
 from schemas.catalog import Catalog
 
 _ENV = re.compile(r"\$\{([A-Z0-9_]+)(?::-([^}]*))?\}")
@@ -52,6 +53,13 @@ def parse_catalog(text: str, source: str = "<catalog>") -> Catalog:
                 raise CatalogError(f"{where}: duplicate model name {name!r} at `{path}` "
                                    f"(already at `{seen[name]}`; ids and aliases share one namespace)")
             seen[name] = path
+    for i, m in enumerate(catalog.models):
+        for j, stage in enumerate(m.pipeline[1:], 1):
+            target = catalog.get(stage.model)
+            if target is not None and target.engine is not None and "chat" not in engine_capabilities(target.engine):
+                path = f"$.models[{i}].pipeline[{j}].model"
+                raise CatalogError(f"{_where(source, text, f'`{path}`')}: stage {stage.name!r} runs a chat on the "
+                                   f"previous stage's text, but {stage.model!r} cannot chat (at `{path}`)")
     return catalog
 
 

@@ -14,6 +14,7 @@ class Delivered(msgspec.Struct):
     reasoning: str = ""
     tokens: int = 0
     tool_calls: bool = False
+    audio: int = 0  # bytes of audio sent (speech)
     last_seq: int = 0
 
 
@@ -25,12 +26,13 @@ def delivered(events: list[JobEvent]) -> Delivered:
     for e in events:
         out.last_seq = max(out.last_seq, e.seq)
         if isinstance(e, Restarted):
-            parts, reasoning, out.tokens, out.tool_calls = [], [], 0, False
+            parts, reasoning, out.tokens, out.tool_calls, out.audio = [], [], 0, False, 0
         elif isinstance(e, Delta):
             parts.append(e.content)
             reasoning.append(e.reasoning)
             out.tokens += e.tokens
             out.tool_calls = out.tool_calls or bool(e.tool_calls)
+            out.audio += len(e.audio)
     out.text = "".join(parts)
     out.reasoning = "".join(reasoning)
     return out

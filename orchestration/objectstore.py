@@ -58,8 +58,14 @@ def request_key(job_id: str, digest: str = "") -> str:
     return check_key(f"{job_id}/request{'-' + digest if digest else ''}.json")
 
 
-def result_key(job_id: str) -> str:
-    return check_key(f"{job_id}/result.json")
+def result_key(job_id: str, suffix: str = "json") -> str:
+    """A job's result; the suffix says what it is (json, txt, srt, vtt, mp3, wav ...)."""
+    return check_key(f"{job_id}/result.{suffix}")
+
+
+def upload_key(job_id: str, digest: str, suffix: str) -> str:
+    """A file the client uploaded (an audio file to transcribe), named by its content's digest."""
+    return check_key(f"{job_id}/upload-{digest}{'.' + suffix if suffix else ''}")
 
 
 class ObjectStore(Protocol):

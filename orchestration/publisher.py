@@ -27,6 +27,8 @@ from schemas.events import (
     terminal_msg_id,
 )
 
+AUDIO_PIECE_BYTES = 256 * 1024  # base64 makes it ~350 kB: under NATS's 1 MB message limit
+
 
 class EventPublisher:
     def __init__(self, js: JetStreamContext, job_id: str, attempt: int, first_seq: int,
@@ -56,9 +58,10 @@ class EventPublisher:
     def seq(self) -> int:
         return self._seq
 
-    async def started(self, resumed_from: int) -> None:
+    async def started(self, resumed_from: int, stage: str = "") -> None:
         async with self._lock:
-            await self._publish(Started(seq=self._next(), attempt=self._attempt, resumed_from=resumed_from))
+            await self._publish(Started(seq=self._next(), attempt=self._attempt, resumed_from=resumed_from,
+                                        stage=stage))
 
     async def restarted(self, reason: str) -> None:
         async with self._lock:
@@ -86,6 +89,15 @@ class EventPublisher:
             await self._publish(Delta(seq=self._next(), attempt=self._attempt, tokens=1, total=self._total,
                                       tool_calls=tool_calls, role=self._take_role()))
             self.deltas_published += 1
+
+    async def add_audio(self, data: bytes) -> None:
+        """Audio bytes, published at once in pieces small enough for one message each."""
+        await self.flush()
+        async with self._lock:
+            for i in range(0, len(data), AUDIO_PIECE_BYTES):
+                await self._publish(Delta(seq=self._next(), attempt=self._attempt,
+                                          audio=data[i:i + AUDIO_PIECE_BYTES]))
+                self.deltas_published += 1
 
     def _flush_soon(self) -> None:
         self._timer = None

@@ -56,7 +56,7 @@ async def run_worker(config: WorkerConfig, catalog: Catalog, stop: asyncio.Event
     await ensure_stream(js)
     await ensure_settle_stream(js)
     secrets = await ensure_secrets_bucket(js)
-    adapters = {m.id: build_adapter(m.engine) for m in models}
+    adapters = {m.id: build_adapter(m.engine) for m in models if m.engine is not None}
     cancels = CancelRegistry()
     await nc.subscribe(f"{CANCEL_SUBJECT_PREFIX}.*", cb=cancels.on_message)
     objects = object_store_from_env()

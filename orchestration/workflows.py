@@ -11,8 +11,13 @@ from temporalio.workflow import ParentClosePolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    import msgspec
+
     from schemas.jobs import (
+        InferenceInput,
         InferenceSummary,
+        RetrySpec,
+        StageTimeouts,
         SettlementRequest,
         TerminalNotice,
         WebhookDelivery,
@@ -30,25 +35,17 @@ _LOCAL = dict(start_to_close_timeout=timedelta(seconds=30),
 class InferenceWorkflow:
     @workflow.run
     async def run(self, inp: WorkflowInput) -> InferenceSummary:
-        t, r = inp.timeouts, inp.retry
         job_id = inp.inference.job_id
         try:
-            summary = await workflow.execute_activity(
-                "inference",
-                inp.inference,
-                task_queue=inp.task_queue,
-                result_type=InferenceSummary,
-                schedule_to_start_timeout=timedelta(seconds=t.schedule_to_start_s),
-                start_to_close_timeout=timedelta(seconds=t.start_to_close_s),
-                heartbeat_timeout=timedelta(seconds=t.heartbeat_s),
-                retry_policy=RetryPolicy(
-                    initial_interval=timedelta(seconds=r.initial_interval_s),
-                    backoff_coefficient=r.backoff,
-                    maximum_interval=timedelta(seconds=r.maximum_interval_s),
-                    maximum_attempts=r.maximum_attempts,
-                    non_retryable_error_types=NON_RETRYABLE,
-                ),
-            )
+            if inp.then:
+                workflow.upsert_memo({"stage": inp.inference.stage})
+            summary = await _inference(inp.inference, inp.task_queue, inp.timeouts, inp.retry)
+            for step in inp.then:  # a pipeline: each stage reads the one before from the object store
+                inference = step.inference
+                inference = msgspec.structs.replace(
+                    inference, options={**inference.options, "context_ref": summary.result_ref})
+                workflow.upsert_memo({"stage": inference.stage})
+                summary = await _inference(inference, step.task_queue, step.timeouts, step.retry)
         except asyncio.CancelledError:
             # Local activities run on this worker and take none of the engine's slots.
             await workflow.execute_local_activity(
@@ -87,6 +84,26 @@ class InferenceWorkflow:
         await workflow.start_child_workflow(
             WEBHOOK_WORKFLOW, delivery, id=f"{job_id}-webhook", task_queue=inp.webhook_queue,
             parent_close_policy=ParentClosePolicy.ABANDON)
+
+
+async def _inference(inference: InferenceInput, task_queue: str, t: StageTimeouts,
+                     r: RetrySpec) -> InferenceSummary:
+    return await workflow.execute_activity(
+        "inference",
+        inference,
+        task_queue=task_queue,
+        result_type=InferenceSummary,
+        schedule_to_start_timeout=timedelta(seconds=t.schedule_to_start_s),
+        start_to_close_timeout=timedelta(seconds=t.start_to_close_s),
+        heartbeat_timeout=timedelta(seconds=t.heartbeat_s),
+        retry_policy=RetryPolicy(
+            initial_interval=timedelta(seconds=r.initial_interval_s),
+            backoff_coefficient=r.backoff,
+            maximum_interval=timedelta(seconds=r.maximum_interval_s),
+            maximum_attempts=r.maximum_attempts,
+            non_retryable_error_types=NON_RETRYABLE,
+        ),
+    )
 
 
 def failure_notice(job_id: str, err: ActivityError) -> TerminalNotice:

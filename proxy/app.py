@@ -16,6 +16,7 @@ from proxy.middleware import AuthMiddleware, RequestIdMiddleware
 from proxy.openapi import openapi_endpoint
 from proxy.runtime import Runtime
 from proxy.telemetry import TelemetryMiddleware, metrics_endpoint
+from proxy.serving_audio import speech, transcriptions, translations
 from proxy.serving_chat import chat_completions
 from proxy.serving_completions import completions
 from proxy.serving_embeddings import embeddings
@@ -41,6 +42,9 @@ def create_app(settings: ProxySettings) -> Starlette:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
+        Route("/v1/audio/translations", translations, methods=["POST"]),
+        Route("/v1/audio/speech", speech, methods=["POST"]),
         Route("/v1/jobs", create_job, methods=["POST"]),
         Route("/v1/jobs", list_all, methods=["GET"]),
         Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),

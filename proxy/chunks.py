@@ -6,6 +6,7 @@ tail of the uninterrupted stream.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import msgspec
@@ -13,7 +14,13 @@ import msgspec
 from proxy.errors import APIError, envelope_bytes
 from proxy.sse import DONE, frame
 from schemas.events import Cancelled, Delta, Failed, Finished, JobEvent, Restarted, Started
-from schemas.jobs import COMPLETIONS_ENDPOINT, EMBEDDINGS_ENDPOINT
+from schemas.jobs import (
+    COMPLETIONS_ENDPOINT,
+    EMBEDDINGS_ENDPOINT,
+    SPEECH_ENDPOINT,
+    TRANSCRIPTIONS_ENDPOINT,
+    TRANSLATIONS_ENDPOINT,
+)
 from schemas.openai import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -193,12 +200,28 @@ class ResultAssembler(CompletionAssembler):
         return event
 
 
+class SpeechWriter(ResultWriter):
+    """A speech job's events stream: OpenAI's `speech.audio.delta` / `speech.audio.done` events."""
+
+    def delta_chunk(self, event: Delta) -> bytes:
+        return b'{"type":"speech.audio.delta","audio":"' + base64.b64encode(event.audio) + b'"}'
+
+    def finish_frames(self, event: Finished) -> bytes:
+        usage = {"input_tokens": event.usage.prompt_tokens, "output_tokens": 0,
+                 "total_tokens": event.usage.prompt_tokens}
+        return frame(_encoder.encode({"type": "speech.audio.done", "usage": usage}))
+
+
+RESULT_ENDPOINTS = (EMBEDDINGS_ENDPOINT, TRANSCRIPTIONS_ENDPOINT, TRANSLATIONS_ENDPOINT, SPEECH_ENDPOINT)
+
+
 def writer_for(endpoint: str, job_id: str, model: str, created: int, include_usage: bool) -> ChunkWriter:
-    kind = {COMPLETIONS_ENDPOINT: TextChunkWriter, EMBEDDINGS_ENDPOINT: ResultWriter}.get(endpoint, ChunkWriter)
+    kind = {COMPLETIONS_ENDPOINT: TextChunkWriter, SPEECH_ENDPOINT: SpeechWriter,
+            **{e: ResultWriter for e in RESULT_ENDPOINTS[:3]}}.get(endpoint, ChunkWriter)
     return kind(job_id, model, created, include_usage)
 
 
 def assembler_for(endpoint: str, chunks: ChunkWriter) -> CompletionAssembler:
     kind = {COMPLETIONS_ENDPOINT: TextCompletionAssembler,
-            EMBEDDINGS_ENDPOINT: ResultAssembler}.get(endpoint, CompletionAssembler)
+            **{e: ResultAssembler for e in RESULT_ENDPOINTS}}.get(endpoint, CompletionAssembler)
     return kind(chunks)

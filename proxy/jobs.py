@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Union
 
@@ -71,10 +72,13 @@ class JobMemo(msgspec.Struct, omit_defaults=True):
     metadata: dict[str, str] = {}
     webhook_url: str = ""
     pii: dict[str, int] = {}  # PII found and masked, by kind
+    stages: list[str] = []  # a pipeline's stages, in order
+    stage: str = ""  # the pipeline stage running now (upserted by the workflow)
 
 
 async def start_job(rt: Runtime, inp: WorkflowInput, model: ModelEntry, memo: JobMemo) -> bool:
-    """Starts the job; False when an idempotent repeat of an existing job (same tenant, same body)."""
+    """Starts the job; False when an idempotent repeat of an existing job (same tenant, same body),
+    and then `memo.created` is set to the existing job's, so a repeat answers with the same object."""
     t = model.timeouts
     run_timeout = t.schedule_to_start_s + (t.start_to_close_s + 60) * model.retry.maximum_attempts
     job_id = inp.inference.job_id
@@ -94,6 +98,7 @@ async def start_job(rt: Runtime, inp: WorkflowInput, model: ModelEntry, memo: Jo
         if existing is None or existing.tenant != memo.tenant or existing.body_hash != memo.body_hash:
             raise IdempotencyConflict("This Idempotency-Key was already used with a different request.",
                                       param="Idempotency-Key") from None
+        memo.created = existing.created
         return False
     except Exception as exc:
         await _release(rt, inp)
@@ -142,7 +147,7 @@ class JobView(msgspec.Struct, kw_only=True):
     endpoint: str
     model: str
     status: str  # queued | running | succeeded | failed | cancelled
-    stage: str  # queued | inference | done
+    stage: str  # queued | inference (a pipeline: the running stage's name) | done
     created_at: int
     started_at: Union[int, None] = None
     finished_at: Union[int, None] = None
@@ -154,6 +159,7 @@ class JobView(msgspec.Struct, kw_only=True):
     last_event_id: int = 0
     pii: dict[str, int] = {}
     metadata: dict[str, str] = {}
+    stages: list[str] = []
     result_url: str
     events_url: str
 
@@ -169,7 +175,15 @@ class Job(msgspec.Struct):
 
 async def load_job(rt: Runtime, job_id: str, tenant: str) -> Job:
     """The job as its tenant sees it; any other tenant (or no such job) gets the same 404."""
-    not_found = NotFound(f"No job found with id '{job_id}'.", code="job_not_found")
+    desc = await _describe_owned(rt, job_id, tenant,
+                                 NotFound(f"No job found with id '{job_id}'.", code="job_not_found"))
+    memo = msgspec.convert(await desc.memo(), JobMemo)
+    return Job(await _view(rt, job_id, desc, memo), memo)
+
+
+async def _describe_owned(rt: Runtime, job_id: str, tenant: str,
+                          not_found: NotFound) -> WorkflowExecutionDescription:
+    """The job's workflow description; `not_found` for a bad id, no such job, or another tenant's."""
     if not _JOB_ID.match(job_id):
         raise not_found
     try:
@@ -180,8 +194,7 @@ async def load_job(rt: Runtime, job_id: str, tenant: str) -> Job:
         raise ServiceUnavailable("Job state is unavailable; please retry.", code="orchestrator_unavailable") from None
     if desc.typed_search_attributes.get(TENANT) != tenant:
         raise not_found
-    memo = msgspec.convert(await desc.memo(), JobMemo)
-    return Job(await _view(rt, job_id, desc, memo), memo)
+    return desc
 
 
 async def _view(rt: Runtime, job_id: str, desc: WorkflowExecutionDescription, memo: JobMemo) -> JobView:
@@ -192,15 +205,21 @@ async def _view(rt: Runtime, job_id: str, desc: WorkflowExecutionDescription, me
     s = desc.status
     view = JobView(id=job_id, endpoint=memo.endpoint, model=memo.model, status="queued", stage="queued",
                    created_at=memo.created, attempts=attempts, metadata=memo.metadata, pii=memo.pii,
+                   stages=memo.stages,
                    last_event_id=event.seq if event else 0,
                    result_url=f"/v1/jobs/{job_id}/result", events_url=f"/v1/jobs/{job_id}/events")
     if event is not None:
         view.started_at = int(desc.start_time.timestamp())
     if isinstance(event, Delta):
         view.tokens = event.total
+    if s == WorkflowExecutionStatus.RUNNING and isinstance(event, Finished):
+        # the result is stored and served already; the workflow closes a few ms later
+        view.status, view.stage, view.finished_at = "succeeded", "done", int(time.time())
+        view.usage, view.finish_reason, view.tokens = event.usage, event.finish_reason, event.usage.completion_tokens
+        return view
     if s == WorkflowExecutionStatus.RUNNING:
         if started or (event is not None and attempts > 0):
-            view.status, view.stage = "running", "inference"
+            view.status, view.stage = "running", memo.stage or "inference"
         return view
     view.stage = "done"
     view.finished_at = int(desc.close_time.timestamp()) if desc.close_time else None
@@ -239,18 +258,8 @@ async def list_jobs(rt: Runtime, tenant: str, limit: int, after: str | None) -> 
         return [], False
     upper = datetime.now(timezone.utc) + timedelta(seconds=5)
     if after:
-        not_found = NotFound(f"No job found with id '{after}'.", param="after", code="job_not_found")
-        if not _JOB_ID.match(after):
-            raise not_found
-        try:
-            desc = await rt.temporal.get_workflow_handle(after).describe()
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                raise not_found from None
-            raise ServiceUnavailable("Job state is unavailable; please retry.",
-                                     code="orchestrator_unavailable") from None
-        if desc.typed_search_attributes.get(TENANT) != tenant:
-            raise not_found
+        desc = await _describe_owned(rt, after, tenant, NotFound(
+            f"No job found with id '{after}'.", param="after", code="job_not_found"))
         upper = desc.start_time
     oldest = upper - timedelta(days=31)
     span = timedelta(hours=1)

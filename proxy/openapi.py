@@ -17,6 +17,7 @@ import msgspec
 from starlette.routing import Route, WebSocketRoute
 
 from proxy.jobs import JobView
+from schemas.audio import SpeechRequest, TranscriptionJSON, VerboseTranscription
 from schemas.openai import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -64,7 +65,8 @@ def _structs() -> list[type]:
 
     found: list[type] = [ChatCompletionRequest, ChatCompletion, ChatCompletionChunk, CompletionRequest,
                          TextCompletion, EmbeddingRequest, EmbeddingList, ErrorEnvelope, Model, ModelList,
-                         JobCreate, JobView, JobList, Health, Readiness, AdminList]
+                         JobCreate, JobView, JobList, Health, Readiness, AdminList, SpeechRequest,
+                         TranscriptionJSON, VerboseTranscription]
     try:
         from proxy.serving_admin import KeyCreate, TenantCreate
         from schemas.tenancy import KeyRecord, Tenant
@@ -159,6 +161,36 @@ def _generation(tag: str, summary: str, request: str, result: str, chunk: str, s
     }
 
 
+TRANSCRIPTION_FORM = {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "model"],
+    "properties": {
+        "file": {"type": "string", "format": "binary",
+                 "description": "The audio (flac, mp3, mp4, mpeg, mpga, m4a, ogg, oga, opus, wav, webm), "
+                                "at most 25 MB; stored in the object store, only its reference enters Temporal."},
+        "model": {"type": "string", "description": "An `asr` model, or a pipeline starting with one."},
+        "language": {"type": "string", "description": "ISO-639-1 (transcriptions only)."},
+        "prompt": {"type": "string"},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "response_format": {"type": "string", "enum": ["json", "text", "srt", "verbose_json", "vtt"],
+                            "default": "json"},
+        "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]},
+                                      "description": "With `verbose_json` only."},
+    }}}}
+
+
+def _audio_in(summary: str) -> dict[str, Any]:
+    text = {"text/plain": {"schema": {"type": "string", "description": "`text`, `srt` or `vtt`."}}}
+    return {
+        "tags": ["audio"], "summary": summary, "parameters": [IDEMPOTENCY, PREFER],
+        "requestBody": {"required": True, "content": TRANSCRIPTION_FORM},
+        "responses": {"200": _ok("The transcript in the asked `response_format`.",
+                                 {"application/json": {"schema": {"oneOf": [_ref("TranscriptionJSON"),
+                                                                            _ref("VerboseTranscription")]}},
+                                  **text}, {"x-job-id": _hdr("The job's id.")}),
+                      "202": ACCEPTED, **_errors(400, 401, 403, 404, 409, 413, 429, 503)},
+    }
+
+
 def _operations() -> dict[tuple[str, str], dict[str, Any]]:
     chat_stream = ("a `text/event-stream` of `chat.completion.chunk` events, each with `id: <seq>`; "
                    "`stream_options.include_usage` adds a chunk with `choices: []` and `usage`; it ends "
@@ -180,6 +212,20 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
             "responses": {"200": _ok("The vectors, in input order.", _json("EmbeddingList"),
                                      {"x-job-id": _hdr("The job's id.")}),
                           "202": ACCEPTED, **_errors(400, 401, 403, 404, 409, 413, 429, 503)},
+        },
+        ("POST", "/v1/audio/transcriptions"): _audio_in("Transcribe audio (a job)"),
+        ("POST", "/v1/audio/translations"): _audio_in("Translate audio into English text (a job)"),
+        ("POST", "/v1/audio/speech"): {
+            "tags": ["audio"], "summary": "Text to speech (a job), streamed as it is made",
+            "parameters": [IDEMPOTENCY, PREFER],
+            "requestBody": {"required": True, "content": _json("SpeechRequest")},
+            "responses": {"200": _ok("The audio file, sent as the engine produces it (chunked). A failure "
+                                     "after the first bytes cuts the body short.",
+                                     {t: {"schema": {"type": "string", "format": "binary"}}
+                                      for t in ("audio/mpeg", "audio/ogg", "audio/aac", "audio/flac",
+                                                "audio/wav", "audio/pcm")},
+                                     {"x-job-id": _hdr("The job's id.")}),
+                          "202": ACCEPTED, **_errors(400, 401, 403, 404, 409, 429, 503)},
         },
         ("POST", "/v1/jobs"): {
             "tags": ["jobs"], "summary": "Create a job for an OpenAI endpoint's body",

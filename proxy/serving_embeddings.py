@@ -9,15 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
-from orchestration.objectstore import ObjectNotFound
 from proxy.auth import Principal
 from proxy.chunks import ResultAssembler, ResultWriter
-from proxy.errors import APIError, InvalidRequest
+from proxy.errors import InvalidRequest
+from proxy.results import stored_result
 from proxy.runtime import Runtime
 from proxy.serving_flow import PreparedJob, convert_request, find_model, new_job, serve_endpoint
-from schemas.events import Finished
 from schemas.jobs import EMBEDDINGS_ENDPOINT
 from schemas.openai import EmbeddingRequest
 
@@ -67,18 +66,6 @@ def prepare_embedding(rt: Runtime, principal: Principal, raw: dict[str, Any], id
             options["truncate_dimensions"] = req.dimensions
     return new_job(principal, model, EMBEDDINGS, req, raw, body, prefix="embd", idempotency_key=idempotency_key,
                    metadata=metadata, webhook_url=webhook_url, options=options)
-
-
-async def stored_result(rt: Runtime, finished: Finished, headers: dict[str, str]) -> Response:
-    """The response body the activity stored, streamed from the object store."""
-    assert rt.objects is not None
-    try:
-        size = await rt.objects.size(finished.result_ref)
-    except (ObjectNotFound, ValueError):
-        raise APIError("The job's result has expired or is missing.", status=410,
-                       type="invalid_request_error", code="result_gone", headers=headers) from None
-    return StreamingResponse(rt.objects.stream(finished.result_ref), media_type="application/json",
-                             headers={**headers, "content-length": str(size)})
 
 
 async def embeddings(request: Request) -> Response:

@@ -28,12 +28,22 @@ from proxy.runtime import Runtime
 from proxy.sse import DONE, KEEPALIVE, SSEResponse, frame
 from schemas.catalog import ModelEntry
 from schemas.events import Cancelled, Failed, JobEvent, Restarted, Started, is_terminal
-from schemas.jobs import CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, EMBEDDINGS_ENDPOINT, InferenceInput, WorkflowInput
+from schemas.jobs import (
+    CHAT_ENDPOINT,
+    COMPLETIONS_ENDPOINT,
+    EMBEDDINGS_ENDPOINT,
+    SPEECH_ENDPOINT,
+    TRANSCRIPTIONS_ENDPOINT,
+    TRANSLATIONS_ENDPOINT,
+    InferenceInput,
+    WorkflowInput,
+)
 from schemas.openai import ErrorBody
 
 NO_CAPACITY = "No worker picked up the request in time; please retry."
 # What an endpoint needs of the model's engine (adapters.base capability names).
-CAPABILITY = {CHAT_ENDPOINT: "chat", COMPLETIONS_ENDPOINT: "completions", EMBEDDINGS_ENDPOINT: "embeddings"}
+CAPABILITY = {CHAT_ENDPOINT: "chat", COMPLETIONS_ENDPOINT: "completions", EMBEDDINGS_ENDPOINT: "embeddings",
+              TRANSCRIPTIONS_ENDPOINT: "asr", TRANSLATIONS_ENDPOINT: "asr", SPEECH_ENDPOINT: "tts"}
 _encoder = msgspec.json.Encoder()
 T = TypeVar("T")
 
@@ -77,7 +87,8 @@ def find_model(rt: Runtime, name: str, endpoint: str) -> ModelEntry:
         raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
                        param="model", code="model_not_found")
     need = CAPABILITY[endpoint]
-    if need not in engine_capabilities(model.engine):
+    entry = rt.catalog.get(model.pipeline[0].model) if model.pipeline else model  # a pipeline takes what its first stage takes
+    if entry is None or entry.engine is None or need not in engine_capabilities(entry.engine):
         raise InvalidRequest(f"The model '{name}' does not support {endpoint} ({need}).",
                              param="model", code="unsupported_capability")
     return model
@@ -162,6 +173,7 @@ async def serve_job(request: Request, rt: Runtime, job: PreparedJob, chunks: Chu
         return await accepted_response(rt, job.job_id, job.memo.tenant, prefer_applied=True)
 
     feed = await open_and_start(rt, job)
+    chunks.created = job.memo.created  # an idempotent repeat's: the existing job's
     job_id, model = job.job_id, job.model
     headers = {"x-job-id": job_id}
     first = asyncio.ensure_future(first_events(rt, feed, job_id, model))
@@ -172,6 +184,25 @@ async def serve_job(request: Request, rt: Runtime, job: PreparedJob, chunks: Chu
         if not done:
             return SSEResponse(late_stream(rt, feed, first, chunks, rt.settings.keepalive_s),
                                headers, on_close=feed.close)
+    batch = await opening_batch(rt, feed, first, job_id, headers)
+    if job.stream:
+        return SSEResponse(stream_events(feed, batch, chunks, rt.settings.keepalive_s), headers,
+                           on_close=feed.close)
+    try:
+        result = await collect(feed, batch, assembler)
+        return await respond(rt, result, headers)
+    except Exception as exc:
+        if hasattr(exc, "headers"):
+            exc.headers.update(headers)
+        raise
+    finally:
+        await feed.close()
+
+
+async def opening_batch(rt: Runtime, feed: EventFeed, first: asyncio.Future, job_id: str,
+                        headers: dict[str, str]) -> list[JobEvent]:
+    """The job's first events (`first`: first_events running); a 503 when no worker took the job,
+    the job's own error when it failed before producing anything. The feed is closed on error."""
     try:
         batch = await first
     except asyncio.TimeoutError:
@@ -186,18 +217,7 @@ async def serve_job(request: Request, rt: Runtime, job: PreparedJob, chunks: Chu
     if isinstance(head, (Failed, Cancelled)):
         await feed.close()
         raise terminal_error(head, headers)
-    if job.stream:
-        return SSEResponse(stream_events(feed, batch, chunks, rt.settings.keepalive_s), headers,
-                           on_close=feed.close)
-    try:
-        result = await collect(feed, batch, assembler)
-        return await respond(rt, result, headers)
-    except Exception as exc:
-        if hasattr(exc, "headers"):
-            exc.headers.update(headers)
-        raise
-    finally:
-        await feed.close()
+    return batch
 
 
 async def open_and_start(rt: Runtime, job: PreparedJob) -> EventFeed:

@@ -15,16 +15,19 @@ from proxy.jobs import Job, JobView, accepted_response, etag_of, list_jobs, load
 from proxy.relay import EventFeed
 from proxy.gatekeeping import admit_job
 from proxy.runtime import Runtime
+from proxy.serving_audio import SPEECH, prepare_speech
 from proxy.serving_chat import CHAT, prepare_chat
 from proxy.serving_completions import COMPLETIONS, prepare_completion
-from proxy.serving_embeddings import EMBEDDINGS, prepare_embedding, stored_result
+from proxy.results import stored_result
+from proxy.serving_embeddings import EMBEDDINGS, prepare_embedding
 from proxy.sse import KEEPALIVE, SSEResponse
 from orchestration.streams import read_events
 from orchestration.webhooks import WebhookTargetError, check_target, parse_secret
 from schemas.events import Cancelled, Delta, Failed, Finished, JobEvent, Restarted, Started
 
 _encoder = msgspec.json.Encoder()
-PREPARE = {CHAT: prepare_chat, COMPLETIONS: prepare_completion, EMBEDDINGS: prepare_embedding}
+PREPARE = {CHAT: prepare_chat, COMPLETIONS: prepare_completion, EMBEDDINGS: prepare_embedding,
+           SPEECH: prepare_speech}
 ENDPOINTS = tuple(PREPARE)
 
 
@@ -116,12 +119,14 @@ async def cancel(request: Request) -> Response:
 async def result(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     job = await _job(request)
-    if not job.view.finished:
-        raise APIError(f"Job '{job.view.id}' has not finished (status: {job.view.status}).", status=409,
-                       type="invalid_request_error", code="job_not_finished", headers={"retry-after": "1"})
     chunks = writer_for(job.memo.endpoint, job.view.id, job.memo.model, job.memo.created, False)
     assembler = assembler_for(job.memo.endpoint, chunks)
-    for event in await read_events(rt.js, job.view.id):
+    # The result is there once its event is, a moment before the workflow itself closes.
+    events = await read_events(rt.js, job.view.id)
+    if not job.view.finished and not any(isinstance(e, Finished) for e in events):
+        raise APIError(f"Job '{job.view.id}' has not finished (status: {job.view.status}).", status=409,
+                       type="invalid_request_error", code="job_not_finished", headers={"retry-after": "1"})
+    for event in events:
         completion = assembler.add(event)
         if isinstance(completion, Finished):  # the result is an object in the store
             return await stored_result(rt, completion, {"x-job-id": job.view.id})
@@ -173,8 +178,10 @@ def job_frames(event: JobEvent, chunks: ChunkWriter) -> bytes:
         body = {"status": "succeeded", "finish_reason": event.finish_reason, "usage": event.usage}
         return chunks.finish_frames(event) + _named("job.succeeded", sid, body)
     if isinstance(event, Started):
-        return _named("job.running", sid, {"status": "running", "attempt": event.attempt,
-                                           "resumed_from": event.resumed_from})
+        running = {"status": "running", "attempt": event.attempt, "resumed_from": event.resumed_from}
+        if event.stage:
+            running["stage"] = event.stage
+        return _named("job.running", sid, running)
     if isinstance(event, Restarted):
         return _named("job.restarted", sid, {"status": "running", "attempt": event.attempt, "reason": event.reason})
     if isinstance(event, Cancelled):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Union
 
 import msgspec
 from msgspec import Meta
@@ -14,7 +14,7 @@ Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][
 Queue = Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
 
 
-Capability = Literal["chat", "completions", "embeddings", "prefix_continuation"]
+Capability = Literal["chat", "completions", "embeddings", "asr", "tts", "prefix_continuation"]
 
 
 class EngineSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -34,6 +34,14 @@ class EngineSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     triton_embedding_input: str = "text_input"
     triton_embedding_output: str = "embedding"
     triton_embedding_input_dims: tuple[int, ...] = (1,)   # input shape is [n, *dims]
+    triton_token_count_output: str = ""             # an INT output of tokens per input, for usage
+    triton_max_batch: Annotated[int, Meta(ge=0)] = 0  # the model's max_batch_size: inputs go in batches of it
+    # Speech: an infer request with the file as a BYTES input (binary data extension), answered by a
+    # BYTES output holding Whisper's verbose JSON; text to speech over generate_stream, each event
+    # holding the next audio bytes in base64.
+    triton_audio_input: str = "audio"
+    triton_transcript_output: str = "transcript"
+    triton_speech_output: str = "audio"
     triton_chat_mode: Literal["transcript", "last_user"] = "transcript"
     triton_message_format: str = "{role}: {content}\n"
     triton_generation_prompt: str = "assistant:"
@@ -64,10 +72,32 @@ class EmbeddingOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reduce: Literal["none", "engine", "truncate"] = "none"
 
 
+class SpeechOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a text-to-speech model offers; a request outside it gets a 400 before any job starts."""
+
+    # The voices clients may ask for, each mapped to the engine's own voice name; the first is the default.
+    voices: dict[str, str] = {}
+    formats: tuple[Literal["mp3", "opus", "aac", "flac", "wav", "pcm"], ...] = ("mp3", "wav", "pcm")
+
+
+class PipelineStage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One step of a pipeline model: another catalog model, run as its own activity on its queue.
+    The first stage gets the request; each later one is a chat whose messages carry the previous
+    stage's text where `{context}` stands."""
+
+    name: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+    model: Name
+    system: str = ""
+    user: str = "{context}"
+    max_tokens: Annotated[int, Meta(ge=1)] = 512
+
+
 class ModelEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: Name
-    engine: EngineSpec
     task_queue: Queue
+    engine: Union[EngineSpec, None] = None
+    # A pipeline (ADR-003: Pre → Model A → Model B → Post) instead of an engine of its own.
+    pipeline: tuple[PipelineStage, ...] = ()
     # Other names clients may send as `model`; requests, jobs and responses use the id.
     aliases: tuple[Name, ...] = ()
     owned_by: str = "switchyard"
@@ -77,6 +107,11 @@ class ModelEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeouts: StageTimeouts = StageTimeouts()
     retry: RetrySpec = RetrySpec()
     embeddings: EmbeddingOptions = EmbeddingOptions()
+    speech: SpeechOptions = SpeechOptions()
+
+    def __post_init__(self) -> None:
+        if (self.engine is None) == (not self.pipeline):
+            raise ValueError("a model has either an `engine` or a `pipeline` of stages")
 
 
 class Catalog(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -95,3 +130,11 @@ class Catalog(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def task_queues(self) -> list[str]:
         return sorted({m.task_queue for m in self.models})
+
+    def __post_init__(self) -> None:
+        for model in self.models:
+            for stage in model.pipeline:
+                target = self.get(stage.model)
+                if target is None or target.engine is None:
+                    raise ValueError(f"pipeline {model.id!r}: stage {stage.name!r} names {stage.model!r}, "
+                                     "which is not a catalog model with an engine")

@@ -18,10 +18,11 @@ class Event(msgspec.Struct, tag_field="type", kw_only=True):
     attempt: int
 
 
-class Started(Event, tag="started"):
+class Started(Event, tag="started", omit_defaults=True):
     """An attempt began (`job.running`). Not shown on the OpenAI endpoints' own streams."""
 
     resumed_from: int = 0  # the last sequence delivered before this attempt; 0 for a fresh start
+    stage: str = ""  # a pipeline's stage that began
 
 
 class Restarted(Event, tag="restarted"):
@@ -40,6 +41,7 @@ class Delta(Event, tag="delta", omit_defaults=True):
     reasoning: str = ""
     tool_calls: Union[list[dict[str, Any]], None] = None
     role: Union[str, None] = None
+    audio: bytes = b""  # speech: the next bytes of the audio file (base64 in the JSON message)
 
 
 class Finished(Event, tag="finished", omit_defaults=True):

@@ -12,6 +12,9 @@ from schemas.openai import ErrorBody, Usage
 CHAT_ENDPOINT = "/v1/chat/completions"
 COMPLETIONS_ENDPOINT = "/v1/completions"
 EMBEDDINGS_ENDPOINT = "/v1/embeddings"
+TRANSCRIPTIONS_ENDPOINT = "/v1/audio/transcriptions"
+TRANSLATIONS_ENDPOINT = "/v1/audio/translations"
+SPEECH_ENDPOINT = "/v1/audio/speech"
 
 
 class RetrySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -43,6 +46,20 @@ class InferenceInput(msgspec.Struct, frozen=True):
     body_ref: str = ""
     options: dict[str, Any] = {}
     tenant: str = ""  # for per-tenant metrics on the worker (tokens in and out)
+    # A pipeline's stage: its name and place; a stage that is not `final` ends with StageDone, not
+    # with the job's terminal event. `options["context_ref"]` names the previous stage's result.
+    stage: str = ""
+    stage_index: int = 0
+    final: bool = True
+
+
+class PipelineStep(msgspec.Struct, frozen=True):
+    """A pipeline stage after the first (the first is WorkflowInput.inference itself)."""
+
+    inference: InferenceInput
+    task_queue: str
+    timeouts: StageTimeouts
+    retry: RetrySpec
 
 
 class WorkflowInput(msgspec.Struct, frozen=True):
@@ -55,6 +72,7 @@ class WorkflowInput(msgspec.Struct, frozen=True):
     admission: Union[dict[str, Any], None] = None  # the limiter's reservation, settled at the end
     prompt_estimate: int = 0
     priority: int = 0  # Temporal priority key (1 most urgent .. 5); 0: the server's default
+    then: tuple[PipelineStep, ...] = ()  # a pipeline's later stages, run in order
 
 
 class InferenceSummary(msgspec.Struct):

@@ -96,7 +96,10 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         print(f"{args.path}: ok, {len(catalog.models)} model(s)")
     else:
         for m in catalog.models:
-            print(f"{m.id}\t{m.engine.kind}\t{m.task_queue}\t{m.engine.url}")
+            if m.engine is None:
+                print(f"{m.id}\tpipeline\t{m.task_queue}\t{' -> '.join(s.model for s in m.pipeline)}")
+            else:
+                print(f"{m.id}\t{m.engine.kind}\t{m.task_queue}\t{m.engine.url}")
     return 0
 
 

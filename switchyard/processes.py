@@ -167,3 +167,37 @@ def start_embedding_engine(port: int, log_dir: Path, run_dir: Path | None = None
 def start_python(name: str, args: list[str], log_dir: Path, run_dir: Path | None,
                  env: dict[str, str]) -> Managed:
     return spawn(name, [sys.executable, "-m", "switchyard.cli", *args], log_dir, run_dir, env)
+
+
+# The real Triton deployment (compose/triton/serve.py) in its own venv (scripts/setup_triton.sh).
+PYTRITON_PYTHON = ROOT / ".cache" / "pytriton" / "bin" / "python"
+TRITON_SERVE = ROOT / "compose" / "triton" / "serve.py"
+TRITON_MODELS = ("minilm", "whisper", "tts", "smollm")
+
+
+def triton_installed() -> bool:
+    return PYTRITON_PYTHON.exists() and (PYTRITON_PYTHON.parent.parent / ".installed").exists()
+
+
+def spawn_triton(http_port: int, log_dir: Path, run_dir: Path | None = None,
+                 models: tuple[str, ...] = TRITON_MODELS) -> Managed:
+    """Starts it (LD_LIBRARY_PATH names that Python's LIBDIR: tritonserver's Python backend stub
+    needs libpython); `wait_triton` waits for its models."""
+    libdir = subprocess.check_output(
+        [str(PYTRITON_PYTHON), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        text=True).strip()
+    m = spawn("triton", [str(PYTRITON_PYTHON), str(TRITON_SERVE), str(http_port), str(free_port()),
+                         str(free_port()), "--models", ",".join(models), "--address", "127.0.0.1"],
+              log_dir, run_dir, env={"LD_LIBRARY_PATH": libdir, "HF_HUB_OFFLINE": "1",
+                                     # smollm runs in llama.cpp: the project's engine build and GGUF
+                                     "SMOLLM_LLAMA_SERVER": engine_binary(), "SMOLLM_GGUF": default_model_file()})
+    m.extra.update(url=f"http://127.0.0.1:{http_port}", models=models)
+    return m
+
+
+def wait_triton(m: Managed, timeout: float = 180.0) -> str:
+    """The server's URL once every model answers ready."""
+    deadline = time.monotonic() + timeout
+    for model in m.extra["models"]:
+        wait_http(m, f"{m.extra['url']}/v2/models/{model}/ready", max(1.0, deadline - time.monotonic()))
+    return m.extra["url"]

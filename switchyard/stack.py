@@ -17,8 +17,11 @@ from switchyard.processes import (
     start_engine,
     start_nats,
     start_python,
+    spawn_triton,
     start_temporal,
+    triton_installed,
     wait_http,
+    wait_triton,
 )
 
 
@@ -45,6 +48,7 @@ def run_stack() -> int:
         "nats": _port("SWITCHYARD_NATS_PORT", saved, "nats"),
         "engine": _port("SWITCHYARD_ENGINE_PORT", saved, "engine"),
         "embed": _port("SWITCHYARD_EMBED_ENGINE_PORT", saved, "embed"),
+        "triton": _port("SWITCHYARD_TRITON_PORT", saved, "triton"),
         "proxy": int(os.environ.get("SWITCHYARD_PORT", "8000")),
     }
     var.mkdir(parents=True, exist_ok=True)
@@ -55,6 +59,7 @@ def run_stack() -> int:
         "SWITCHYARD_NATS_URL": f"nats://127.0.0.1:{ports['nats']}",
         "SWITCHYARD_ENGINE_URL": f"http://127.0.0.1:{ports['engine']}/v1",
         "SWITCHYARD_EMBED_ENGINE_URL": f"http://127.0.0.1:{ports['embed']}/v1",
+        "SWITCHYARD_TRITON_URL": f"http://127.0.0.1:{ports['triton']}",
         "SWITCHYARD_OBJECT_DIR": os.environ.get("SWITCHYARD_OBJECT_DIR", str(var / "objects")),
         "SWITCHYARD_PORT": str(ports["proxy"]),
         "SWITCHYARD_DEMO_KEY": key,
@@ -72,12 +77,21 @@ def run_stack() -> int:
             m.stop()
 
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where a shell's `&` left it ignored
     try:
         t0 = time.monotonic()
+        triton = spawn_triton(ports["triton"], log_dir, run_dir) if triton_installed() else None
+        if triton is not None:  # it loads its models while the rest starts
+            started.append(triton)
         started.append(start_temporal(ports["temporal"], var / "temporal.db", log_dir, run_dir))
         started.append(start_nats(ports["nats"], var / "js", log_dir, run_dir))
         started.append(start_engine(ports["engine"], log_dir, run_dir))
         started.append(start_embedding_engine(ports["embed"], log_dir, run_dir))
+        if triton is not None:
+            wait_triton(triton)
+        else:
+            print("(no .cache/pytriton: the audio models and all-minilm-l6-v2 are not served; "
+                  "`make install` builds it)", file=sys.stderr)
         started.append(start_python("worker", ["worker"], log_dir, run_dir, env))
         proxy = start_python("proxy", ["proxy"], log_dir, run_dir, env)
         started.append(proxy)
@@ -90,6 +104,9 @@ def run_stack() -> int:
               f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
               "-d '{\"model\":\"smollm2-135m-instruct\",\"stream\":true,"
               "\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}]}'\n"
+              f"     curl http://127.0.0.1:{ports['proxy']}/v1/audio/speech -H 'Authorization: Bearer {key}' "
+              "-H 'Content-Type: application/json' -d '{\"model\":\"hibari-tts\",\"voice\":\"alloy\","
+              "\"input\":\"Hello from Switchyard.\",\"response_format\":\"wav\"}' -o hello.wav\n"
               "Ctrl-C stops everything.", flush=True)
         while all(m.alive() for m in started):
             time.sleep(0.5)

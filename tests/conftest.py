@@ -4,6 +4,9 @@ fakes of vLLM, TGI and Triton, one worker and the proxy, all on free loopback po
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,7 @@ from switchyard.processes import (
 from tests.fakes.tgi import FakeTGI
 from tests.fakes.triton import FakeTriton
 from tests.fakes.vllm import FakeVLLM
+from tests.triton_server import start_triton, stop_triton
 
 MODEL = "smollm2-135m-instruct"
 OTHER_KEY = "sk-sy-other-" + uuid.uuid4().hex
@@ -47,6 +51,7 @@ class Stack:
     fake: FakeVLLM | None = None
     tgi: FakeTGI | None = None
     triton: FakeTriton | None = None
+    triton_url: str = ""  # the real Triton (compose/triton/serve.py)
 
     def restart_proxy(self) -> None:
         self.procs["proxy"].stop()
@@ -93,12 +98,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         "SWITCHYARD_KEEPALIVE_S": "1",
         "SWITCHYARD_HEADER_WAIT_S": "4",
         "SWITCHYARD_LOG_LEVEL": "DEBUG",
-        "SWITCHYARD_QUEUES": "gpu.test,gpu.single",
+        "SWITCHYARD_QUEUES": "gpu.test,gpu.single,gpu.audio",
         "SWITCHYARD_WEBHOOK_ALLOW": "127.0.0.1/32",
         "SWITCHYARD_WEBHOOK_BASE_DELAY_S": "0.2",
         "SWITCHYARD_METRICS_PORT": str(free_port()),  # the worker's Prometheus /metrics
     }
+    real_triton = None
     try:
+        triton_url, real_triton = start_triton(log_dir)
+        env["TRITON_URL"] = triton_url
         started.append(start_temporal(ports["temporal"], base / "temporal.db", log_dir))
         started.append(start_nats(ports["nats"], base / "js", log_dir))
         started.append(start_engine(ports["engine"], log_dir))
@@ -111,7 +119,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         started.append(proxy)
         wait_http(proxy, f"http://127.0.0.1:{ports['proxy']}/healthz", 60)
         s = Stack(base, key, f"http://127.0.0.1:{ports['proxy']}", env["SWITCHYARD_TEMPORAL_ADDRESS"],
-                  env["SWITCHYARD_NATS_URL"], ports["victim"], env, {m.name: m for m in started}, fake, tgi, triton)
+                  env["SWITCHYARD_NATS_URL"], ports["victim"], env, {m.name: m for m in started}, fake, tgi, triton,
+                  triton_url)
         yield s
     finally:
         for m in reversed(started):
@@ -122,6 +131,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         fake.stop()
         tgi.stop()
         triton.stop()
+        if real_triton is not None:
+            stop_triton(real_triton)
 
 
 @pytest.fixture
@@ -150,3 +161,29 @@ async def js(stack: Stack):
 
 def scenario(name: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"scenario={name};nonce={uuid.uuid4().hex}"}]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 API server on loopback (moto's standalone server)."""
+    pytest.importorskip("moto.server")
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url + "/moto-api/", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto server did not start")
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()

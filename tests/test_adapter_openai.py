@@ -48,7 +48,7 @@ async def llama(engine_url):
 
 def test_capabilities(engine_url):
     assert OpenAIProtocolAdapter(spec(engine_url)).capabilities == \
-        {"chat", "completions", "embeddings", "prefix_continuation"}
+        {"chat", "completions", "embeddings", "asr", "tts", "prefix_continuation"}
     assert OpenAIProtocolAdapter(spec(engine_url, capabilities=["embeddings"])).capabilities == {"embeddings"}
 
 

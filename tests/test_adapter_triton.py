@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
 import uuid
 
@@ -17,6 +15,7 @@ from adapters.registry import build_adapter
 from adapters.triton import StopMatcher, TritonAdapter, render_chat
 from schemas.catalog import EngineSpec
 from switchyard.processes import ROOT, free_port, spawn, wait_http
+from tests.triton_server import stop_triton
 from tests.fakes.triton import REPLY, FakeTriton, vector
 
 
@@ -76,7 +75,7 @@ async def failure(stream) -> tuple[str, EngineError]:
 
 def test_capabilities_are_declared(fake):
     assert TritonAdapter(spec(fake.url)).capabilities == \
-        {"chat", "completions", "embeddings", "prefix_continuation"}
+        {"chat", "completions", "embeddings", "asr", "tts", "prefix_continuation"}
     assert "prefix_continuation" not in TritonAdapter(spec(fake.url, triton_chat_mode="last_user")).capabilities
     with pytest.raises(msgspec.ValidationError, match="served_name"):
         msgspec.convert({"kind": "triton", "url": fake.url}, EngineSpec)
@@ -241,13 +240,13 @@ def test_stop_matcher_holds_back_a_possible_start():
     assert StopMatcher([]).feed("anything") == ("anything", False)
 
 
-# A real Triton: PyTriton's bundled tritonserver on CPU, opt-in since it is installed apart from the
-# project (it pins numpy and protobuf):
-#   python3.11 -m venv .cache/pytriton && .cache/pytriton/bin/pip install nvidia-pytriton
-#   SWITCHYARD_REAL_TRITON=1 .venv/bin/pytest -q tests/test_adapter_triton.py
+# A real Triton: PyTriton's bundled tritonserver on CPU, from .cache/pytriton (scripts/setup_triton.sh,
+# apart from the project's venv since it pins numpy and protobuf), serving a streaming echo model
+# that can fail on purpose and a tiny embedder.
 PYTRITON = ROOT / ".cache" / "pytriton" / "bin" / "python"
 PYTRITON_SERVER = '''
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's `&` may have left SIGINT ignored
 import numpy as np
 from pytriton.decorators import batch
 from pytriton.model_config import ModelConfig, Tensor
@@ -282,8 +281,6 @@ with Triton(config=TritonConfig(http_port=http, grpc_port=grpc, metrics_port=met
 
 @pytest.fixture(scope="module")
 def real_triton(tmp_path_factory):
-    if os.environ.get("SWITCHYARD_REAL_TRITON") != "1" or not PYTRITON.exists():
-        pytest.skip("opt-in: SWITCHYARD_REAL_TRITON=1 and nvidia-pytriton in .cache/pytriton")
     base = tmp_path_factory.mktemp("pytriton")
     (base / "server.py").write_text(PYTRITON_SERVER)
     libdir = subprocess.check_output(  # its Python models fail to load without LD_LIBRARY_PATH
@@ -295,8 +292,7 @@ def real_triton(tmp_path_factory):
         wait_http(server, f"http://127.0.0.1:{ports[0]}/v2/models/embedder/ready", 120)
         yield f"http://127.0.0.1:{ports[0]}"
     finally:  # SIGINT lets PyTriton stop its tritonserver (which runs in a session of its own)
-        server.proc.send_signal(signal.SIGINT)
-        server.proc.wait(30)
+        stop_triton(server)
 
 
 async def test_real_triton_streams_embeds_and_fails_cleanly(real_triton):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import uuid
 
 import httpx
@@ -106,6 +107,7 @@ def test_idempotency_key_gives_one_generation(http: httpx.Client):
     key = f"idem-{uuid.uuid4().hex}"
     body = {"model": "fake-vllm", "messages": scenario("ok")}
     a = http.post(CHAT, json=body, headers={"idempotency-key": key})
+    time.sleep(1.1)  # a repeat in a later second still answers with the first object (its `created`)
     b = http.post(CHAT, json=body, headers={"idempotency-key": key})
     assert a.status_code == b.status_code == 200
     assert a.headers["x-job-id"] == b.headers["x-job-id"]

