@@ -1,7 +1,9 @@
 """Adapter for engines that speak the OpenAI HTTP protocol: vLLM, llama.cpp's llama-server, SGLang.
 
 Audio: vLLM serves `/v1/audio/transcriptions` and `/translations` (Whisper) as multipart uploads;
-this adapter asks for `verbose_json` and makes every response format from its segments. Speech is
+this adapter asks for `verbose_json` and makes every response format from its segments. vLLM's
+verbose_json differs from OpenAI's: `duration` is a string, `language` is null unless the request
+named one, and the segments' scores are null; both are read. Speech is
 `POST /v1/audio/speech` on an OpenAI-compatible TTS server, its audio read as it arrives."""
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import httpx
 import msgspec
 
 from adapters.base import (
+    rejected,
     json_headers,
     probe,
     ASR,
@@ -34,7 +37,7 @@ from adapters.base import (
     stream_cut,
     transport_errors,
 )
-from schemas.audio import Transcript
+from schemas.audio import Segment, Transcript, Word
 from schemas.catalog import EngineSpec
 from schemas.openai import Usage
 
@@ -93,10 +96,47 @@ class _Embeddings(msgspec.Struct):
     usage: _EmbeddingUsage = msgspec.field(default_factory=_EmbeddingUsage)
 
 
+class _VerboseSegment(msgspec.Struct):
+    start: float
+    end: float
+    text: str
+    id: int = 0
+    seek: Union[int, float] = 0
+    tokens: Union[list[int], None] = None
+    temperature: Union[float, None] = None
+    avg_logprob: Union[float, None] = None
+    compression_ratio: Union[float, None] = None
+    no_speech_prob: Union[float, None] = None
+
+
+class _VerboseTranscript(msgspec.Struct):
+    """verbose_json as OpenAI and vLLM write it (vLLM: duration as a string, nulls for the unknown)."""
+
+    text: str
+    language: Union[str, None] = None
+    duration: Union[float, str, None] = None
+    segments: Union[list[_VerboseSegment], None] = None
+    words: Union[list[Word], None] = None
+
+    def transcript(self, language: str) -> Transcript:
+        segments = [Segment(id=s.id, seek=int(s.seek), start=s.start, end=s.end, text=s.text,
+                            tokens=s.tokens or [], temperature=s.temperature or 0.0,
+                            avg_logprob=s.avg_logprob or 0.0, compression_ratio=s.compression_ratio or 0.0,
+                            no_speech_prob=s.no_speech_prob or 0.0) for s in self.segments or []]
+        try:
+            duration = float(self.duration) if self.duration is not None else 0.0
+        except ValueError:
+            duration = 0.0
+        if not duration and segments:
+            duration = segments[-1].end
+        return Transcript(text=self.text, language=self.language or language, duration=duration,
+                          segments=segments, words=self.words or [])
+
+
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
 _text_chunk_decoder = msgspec.json.Decoder(_TextChunk)
 _embeddings_decoder = msgspec.json.Decoder(_Embeddings)
-_transcript_decoder = msgspec.json.Decoder(Transcript)
+_transcript_decoder = msgspec.json.Decoder(_VerboseTranscript)
 _body_encoder = msgspec.json.Encoder()
 
 
@@ -176,9 +216,14 @@ class OpenAIProtocolAdapter:
         if r.status_code != 200:
             raise status_error(r.status_code, r.text)
         try:
-            return _transcript_decoder.decode(r.content)
+            verbose = _transcript_decoder.decode(r.content)
         except msgspec.DecodeError:
             raise bad_output("a malformed transcription") from None
+        if request.word_timestamps and not verbose.words:  # vLLM gives segments only
+            raise rejected("this model's engine gives no word timestamps; ask for "
+                           "timestamp_granularities[] segment", param="timestamp_granularities[]",
+                           code="unsupported_granularity")
+        return verbose.transcript("en" if request.task == "translate" else request.language)
 
     async def speak(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
         require(self, TTS, self._spec.kind)

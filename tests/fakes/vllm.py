@@ -11,23 +11,39 @@ The scenario is chosen by the last user message: `scenario=<name>;nonce=<unique>
   tools        streams a tool call in pieces
   bad-request  answers 400 (a non-retryable engine error)
   size         streams "received <N> bytes", N the size of the request body it got
+
+Audio, as vLLM's speech-to-text serving answers (vllm/entrypoints/openai/speech_to_text.py):
+`/v1/audio/transcriptions` and `/translations` take multipart; response_format text, json or
+verbose_json (others: 400); a language code Whisper does not know: 400 "Unsupported language";
+over 25 MB: 400 "Maximum file size exceeded". verbose_json carries vLLM's quirks: `duration` a
+string, `language` the request's (null when not given), segments' avg_logprob, compression_ratio
+and no_speech_prob null, `words` null. It "hears" TRANSCRIPT (the audio must be a WAV: its length
+gives the duration). `/v1/audio/speech` (OpenAI's speech API, as vLLM-Omni serves it) streams a
+deterministic tone as pcm or wav in 4 pieces; an unknown voice is a 400.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import math
+import struct
 import time
+import wave
 from collections import Counter
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
 from tests.fakes.server import LoopbackServer
 
 REPLY = "Hello from the fake engine, streamed in pieces."
+TRANSCRIPT = (" The fake engine heard you.", " It says so in two segments.")
+WHISPER_LANGUAGES = {"en": "English", "de": "German", "fr": "French", "ja": "Japanese", "ko": "Korean"}
+VOICES = ("alloy", "echo")
 
 
 def _error(status: int, message: str, type_: str) -> JSONResponse:
@@ -39,7 +55,11 @@ class FakeVLLM(LoopbackServer):
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
         self.seen: list[str] = []  # every prompt text the engine received, to check what reached it
+        self.audio_forms: list[dict[str, list[str]]] = []  # the non-file fields of each audio request
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                                     Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
+                                     Route("/v1/audio/translations", self.translations, methods=["POST"]),
+                                     Route("/v1/audio/speech", self.speech, methods=["POST"]),
                                      Route("/health", self.health)])
 
     async def health(self, request: Request) -> JSONResponse:
@@ -90,3 +110,70 @@ class FakeVLLM(LoopbackServer):
             usage = {"prompt_tokens": 11, "completion_tokens": n, "total_tokens": 11 + n}
             yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
+
+    async def transcriptions(self, request: Request):
+        return await self._speech_to_text(request, "transcribe")
+
+    async def translations(self, request: Request):
+        return await self._speech_to_text(request, "translate")
+
+    async def _speech_to_text(self, request: Request, task: str):
+        form = await request.form()
+        self.audio_forms.append({k: [str(v) for v in form.getlist(k)] for k in form.keys() if k != "file"})
+        fmt = form.get("response_format") or "json"
+        if fmt not in ("text", "json", "verbose_json"):
+            return _error(400, "Currently only support response_format`text`, `json` or `verbose_json`",
+                          "BadRequestError")
+        language = form.get("language")
+        if language is not None and language not in WHISPER_LANGUAGES:
+            return _error(400, f"Unsupported language: {language!r}.  Language should be one of: "
+                               f"{list(WHISPER_LANGUAGES.values())}.", "BadRequestError")
+        data = await form["file"].read()
+        if len(data) / 1024 ** 2 > 25:
+            return _error(400, "Maximum file size exceeded", "BadRequestError")
+        with wave.open(io.BytesIO(data)) as w:
+            duration = w.getnframes() / w.getframerate()
+        text = "".join(TRANSCRIPT)
+        if fmt == "text":
+            return PlainTextResponse(text)
+        if fmt == "json":
+            usage = {"usage": {"type": "duration", "seconds": math.ceil(duration)}} if task == "transcribe" else {}
+            return JSONResponse({"text": text, **usage})
+        temperature = float(form.get("temperature") or 0.0)
+        half = round(duration / 2, 2)
+        segments = [{"id": i, "seek": 0, "start": start, "end": end, "temperature": temperature, "text": part,
+                     "tokens": [50364 + i], "avg_logprob": None, "compression_ratio": None,
+                     "no_speech_prob": None}
+                    for i, (part, start, end) in enumerate(zip(TRANSCRIPT, (0.0, half), (half, round(duration, 2))))]
+        return JSONResponse({"text": text, "language": language, "duration": str(duration),
+                             "segments": segments, "words": None, "logprobs": None})
+
+    async def speech(self, request: Request):
+        body = await request.json()
+        self.audio_forms.append({k: [str(v)] for k, v in body.items() if k != "input"})
+        if body.get("voice") not in VOICES:
+            return _error(400, f"Invalid voice {body.get('voice')!r}; supported voices: {list(VOICES)}",
+                          "BadRequestError")
+        fmt = body.get("response_format", "mp3")
+        if fmt not in ("pcm", "wav"):
+            return _error(400, f"Unsupported response_format {fmt!r}", "BadRequestError")
+        return StreamingResponse(_tone(fmt, len(body.get("input", ""))), media_type=f"audio/{fmt}")
+
+
+def tone(fmt: str, chars: int) -> bytes:
+    """The audio the fake speaks: 40 ms of a 440 Hz tone per input character, 24 kHz 16-bit mono."""
+    n = 960 * chars
+    pcm = b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / 24000))) for i in range(n))
+    if fmt == "wav":
+        header = (b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVE" + b"fmt "
+                  + struct.pack("<IHHIIHH", 16, 1, 1, 24000, 48000, 2, 16) + b"data" + struct.pack("<I", len(pcm)))
+        return header + pcm
+    return pcm
+
+
+async def _tone(fmt: str, chars: int):
+    audio = tone(fmt, chars)
+    step = -(-len(audio) // 4)
+    for i in range(0, len(audio), step):
+        await asyncio.sleep(0.05)
+        yield audio[i:i + step]
