@@ -1,4 +1,4 @@
-"""Latency the proxy adds to the Triton-served models: speech, transcription, embeddings.
+"""Latency the proxy adds to the Triton-served models: speech, transcription, embeddings, chat.
 
 Starts a private `switchyard up` (Temporal, NATS, llama-servers, the Triton deployment, a worker, the
 proxy) with its state in a temp dir, then sends the same requests to Triton directly and through the
@@ -7,7 +7,8 @@ proxy, interleaved, one at a time. Writes benchmarks/results/audio_latency.json 
     .venv/bin/python benchmarks/audio_latency.py [--n 15]
 
 speech: time to the first audio byte and to the last (wav, two sentences); transcription: a 2.7 s
-wav, whole request; embeddings: one sentence, whole request.
+wav, whole request; embeddings: one sentence, whole request; chat (SmolLM2 on Triton's
+generate_stream): time to the first text, 16 tokens, greedy.
 """
 
 from __future__ import annotations
@@ -95,6 +96,32 @@ def direct_transcription(client: httpx.Client, triton: str, audio: bytes) -> flo
     return time.perf_counter() - t0
 
 
+QUESTION = "What is the capital of France?"
+CHATML = f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def direct_chat_ttft(client: httpx.Client, triton: str) -> float:
+    t0 = time.perf_counter()
+    with client.stream("POST", f"{triton}/v2/models/smollm/generate_stream",
+                       json={"text_input": CHATML, "parameters": {"max_tokens": 16, "temperature": 0}}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:") and json.loads(line[5:]).get("text_output"):
+                return time.perf_counter() - t0
+    raise RuntimeError("no text from Triton")
+
+
+def proxy_chat_ttft(client: httpx.Client, proxy: str, auth: dict[str, str]) -> float:
+    body = {"model": "smollm2-triton", "stream": True, "max_tokens": 16, "temperature": 0,
+            "messages": [{"role": "user", "content": QUESTION}]}
+    t0 = time.perf_counter()
+    with client.stream("POST", f"{proxy}/v1/chat/completions", json=body, headers=auth) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {") and '"content":"' in line.replace(" ", "") \
+                    and '"content":""' not in line.replace(" ", ""):
+                return time.perf_counter() - t0
+    raise RuntimeError("no text from the proxy")
+
+
 def timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -116,7 +143,8 @@ def main() -> None:
     auth = {"authorization": f"Bearer {key}"}
     samples: dict[str, list[float]] = {k: [] for k in (
         "speech_first_byte_direct", "speech_first_byte_proxy", "speech_total_direct", "speech_total_proxy",
-        "transcription_direct", "transcription_proxy", "embedding_direct", "embedding_proxy")}
+        "transcription_direct", "transcription_proxy", "embedding_direct", "embedding_proxy",
+        "chat_ttft_direct", "chat_ttft_proxy")}
     try:
         with httpx.Client(timeout=120) as c:
             speech_body = {"model": "hibari-tts", "voice": "heart", "input": TEXT, "response_format": "wav"}
@@ -124,6 +152,8 @@ def main() -> None:
             for _ in range(2):  # warm both paths
                 direct_speech(c, triton)
                 direct_transcription(c, triton, audio)
+                direct_chat_ttft(c, triton)
+                proxy_chat_ttft(c, proxy, auth)
             for _ in range(args.n):
                 first, total = direct_speech(c, triton)
                 samples["speech_first_byte_direct"].append(first)
@@ -142,6 +172,8 @@ def main() -> None:
                 samples["embedding_proxy"].append(timed(lambda: c.post(
                     f"{proxy}/v1/embeddings", headers=auth,
                     json={"model": "all-minilm-l6-v2", "input": TEXT}).raise_for_status()))
+                samples["chat_ttft_direct"].append(direct_chat_ttft(c, triton))
+                samples["chat_ttft_proxy"].append(proxy_chat_ttft(c, proxy, auth))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)

@@ -24,14 +24,25 @@ from switchyard.processes import (
 __all__ = ["PYTRITON_PYTHON", "MODELS", "installed", "start_triton", "stop_triton"]
 
 
-def start_triton(log_dir: Path, models: tuple[str, ...] = MODELS, timeout: float = 180.0) -> tuple[str, Managed]:
-    """Start the server on free loopback ports; return its HTTP URL once every model is ready."""
-    server = spawn_triton(free_port(), log_dir, models=models)
-    try:
-        return wait_triton(server, timeout), server
-    except BaseException:
-        stop_triton(server)
-        raise
+def start_triton(log_dir: Path, models: tuple[str, ...] = MODELS, timeout: float = 180.0,
+                 attempts: int = 2) -> tuple[str, Managed]:
+    """Start the server on free loopback ports; return its HTTP URL once every model is ready.
+    A start that fails is tried again once: every test of the session needs this server, and on a
+    busy machine tritonserver's Python backend stubs have been seen to miss a 1 s handshake."""
+    for attempt in range(1, attempts + 1):
+        server = spawn_triton(free_port(), log_dir, models=models)
+        try:
+            return wait_triton(server, timeout), server
+        except (RuntimeError, TimeoutError):
+            stop_triton(server)
+            if attempt == attempts:
+                raise
+            log = server.log_path.read_text(errors="replace") if server.log_path else ""
+            (log_dir / f"triton-failed-{attempt}.log").write_text(log)
+        except BaseException:
+            stop_triton(server)
+            raise
+    raise AssertionError("unreachable")
 
 
 def stop_triton(server: Managed, timeout: float = 30.0) -> None:

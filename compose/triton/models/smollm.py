@@ -18,6 +18,7 @@ raised as ValueError, which Triton reports as the request's error.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import http.client
 import json
@@ -30,7 +31,7 @@ import numpy as np
 
 from models import params
 
-PARALLEL = 2          # model instances, and llama-server slots
+PARALLEL = 2          # llama-server slots: requests generated at once
 CONTEXT = 2048        # tokens per slot
 DEFAULT_MAX_TOKENS = 512
 
@@ -148,11 +149,23 @@ def bind(triton) -> None:
     server = LlamaServer(binary, gguf)
     server.wait_ready()
 
-    def infer(requests):  # decoupled: yields one response at a time
+    async def infer(requests):  # decoupled: yields one response at a time
+        # An async generator: PyTriton runs a plain one on its event loop, one request at a time.
+        # Each read of llama-server's stream is done in a thread, so requests are generated at once
+        # by one model instance (a second instance would wait 1 s for the first one's handshake
+        # socket, and fail to load on a busy machine).
         for request in requests:
-            yield from generate(server, request)
+            pieces = generate(server, request)
+            try:
+                while (out := await asyncio.to_thread(next, pieces, None)) is not None:
+                    yield out
+            finally:
+                try:
+                    pieces.close()  # closes the HTTP stream: llama-server stops generating
+                except ValueError:  # still running in its thread (the task was cancelled)
+                    pass
 
-    triton.bind(model_name="smollm", infer_func=[infer] * PARALLEL,
+    triton.bind(model_name="smollm", infer_func=infer,
                 inputs=[Tensor(name="text_input", dtype=bytes, shape=(1,))],
                 outputs=[Tensor(name="text_output", dtype=bytes, shape=(1,)),
                          Tensor(name="finish_reason", dtype=bytes, shape=(1,)),
