@@ -234,6 +234,18 @@ def bad_output(what: str = "a malformed stream event") -> EngineError:
     return EngineError(f"engine sent {what}", status=502, retryable=True, code="engine_bad_output")
 
 
+def decode_answer(response: httpx.Response, decoder: msgspec.json.Decoder, what: str,
+                  errors: Callable[[int, str], EngineError] | None = None) -> Any:
+    """A whole (not streamed) answer decoded; an error status raised as its EngineError (`errors`
+    maps status and body; status_error by default), a body that does not decode as bad output."""
+    if response.status_code != 200:
+        raise (errors or status_error)(response.status_code, response.text)
+    try:
+        return decoder.decode(response.content)
+    except msgspec.DecodeError:
+        raise bad_output(what) from None
+
+
 def stream_cut() -> EngineError:
     return unavailable("engine closed the stream before it finished", code="engine_connection_lost")
 

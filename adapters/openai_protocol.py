@@ -14,6 +14,7 @@ import httpx
 import msgspec
 
 from adapters.base import (
+    decode_answer,
     rejected,
     json_headers,
     probe,
@@ -186,12 +187,7 @@ class OpenAIProtocolAdapter:
         content = self._payload({**body, "encoding_format": "float"}, stream=False)
         with transport_errors():
             r = await self._client.post(self._base + "/embeddings", content=content, headers=self._headers)
-        if r.status_code != 200:
-            raise status_error(r.status_code, r.text)
-        try:
-            out = _embeddings_decoder.decode(r.content)
-        except msgspec.DecodeError:
-            raise bad_output("a malformed embeddings response") from None
+        out = decode_answer(r, _embeddings_decoder, "a malformed embeddings response")
         data = sorted(out.data, key=lambda e: e.index)
         return EmbeddingResult(vectors=[e.embedding for e in data], prompt_tokens=out.usage.prompt_tokens)
 
@@ -213,12 +209,7 @@ class OpenAIProtocolAdapter:
         with transport_errors():
             r = await self._client.post(self._base + path, data=dict(_group(fields)), headers=headers,
                                         files={"file": (request.filename, request.audio)})
-        if r.status_code != 200:
-            raise status_error(r.status_code, r.text)
-        try:
-            verbose = _transcript_decoder.decode(r.content)
-        except msgspec.DecodeError:
-            raise bad_output("a malformed transcription") from None
+        verbose = decode_answer(r, _transcript_decoder, "a malformed transcription")
         if request.word_timestamps and not verbose.words:  # vLLM gives segments only
             raise rejected("this model's engine gives no word timestamps; ask for "
                            "timestamp_granularities[] segment", param="timestamp_granularities[]",

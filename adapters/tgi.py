@@ -20,6 +20,7 @@ import httpx
 import msgspec
 
 from adapters.base import (
+    decode_answer,
     json_headers,
     probe,
     CHAT,
@@ -37,7 +38,6 @@ from adapters.base import (
     require,
     single_prompt,
     sse_data,
-    status_error,
     stream_cut,
     transport_errors,
     unavailable,
@@ -206,9 +206,7 @@ class TGIAdapter:
         with transport_errors():
             r = await self._client.post(self._base + "/embed", content=_encoder.encode(payload),
                                         headers=self._headers)
-        if r.status_code != 200:
-            raise status_error(r.status_code, r.text)
-        vectors = _decode(_vectors_decoder, r.content, "a malformed embeddings response")
+        vectors = decode_answer(r, _vectors_decoder, "a malformed embeddings response")
         tokens = r.headers.get("x-compute-tokens", "")  # TEI counts the tokens it embedded here
         return EmbeddingResult(vectors=vectors, prompt_tokens=int(tokens) if tokens.isdigit() else 0)
 

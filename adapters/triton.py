@@ -36,6 +36,7 @@ import httpx
 import msgspec
 
 from adapters.base import (
+    decode_answer,
     probe,
     CHAT,
     ASR,
@@ -223,12 +224,7 @@ class TritonAdapter:
         """POST /infer; its error status as an EngineError, its answer decoded."""
         with transport_errors():
             r = await self._client.post(self._model_url + "/infer", content=content, headers=headers)
-        if r.status_code != 200:
-            raise infer_error(r.status_code, r.text)
-        try:
-            return _infer_decoder.decode(r.content)
-        except msgspec.DecodeError:
-            raise bad_output("a malformed infer response") from None
+        return decode_answer(r, _infer_decoder, "a malformed infer response", infer_error)
 
     async def speak(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
         require(self, TTS, "triton")
