@@ -69,3 +69,35 @@ def wait_result(http: httpx.Client, job_id: str, timeout: float = 60) -> httpx.R
             return r
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not finish")
+
+
+def stream_through_a_worker_kill(stack, path: str, body: dict, kill_after: int = 12) -> tuple[str, str, str]:
+    """Streams `body` to `path` (chat or completions) and SIGKILLs the worker, a fresh one taking its
+    place, once `kill_after` pieces of text have arrived. Returns (job id, the text before the kill,
+    the whole text); an error event fails the test."""
+    headers = {"authorization": f"Bearer {stack.key}"}
+    pieces: list[str] = []
+    before_crash = ""
+    with httpx.Client(timeout=120) as h, h.stream("POST", stack.proxy_url + path, headers=headers, json=body) as r:
+        assert r.status_code == 200
+        job_id = r.headers["x-job-id"]
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            assert "error" not in data, data
+            if data["choices"]:
+                choice = data["choices"][0]
+                pieces.append(choice["text"] if "text" in choice else choice["delta"].get("content") or "")
+            if len(pieces) == kill_after and not before_crash:
+                before_crash = "".join(pieces)
+                stack.restart_worker(kill=True)  # SIGKILL, then a fresh worker
+    return job_id, before_crash, "".join(pieces)
+
+
+def assert_resumed_once(http: httpx.Client, job_id: str) -> None:
+    """The job succeeded at its second attempt, which resumed after events already delivered."""
+    job = wait_finished(http, job_id)
+    assert job["status"] == "succeeded" and job["attempts"] == 2
+    running = [json.loads(e["data"]) for e in read_events(http, job_id) if e.get("event") == "job.running"]
+    assert [r["attempt"] for r in running] == [1, 2] and running[1]["resumed_from"] > 0

@@ -12,7 +12,7 @@ import pytest
 
 from orchestration.continuation import completion_continuation_body
 from tests.conftest import MODEL, Stack
-from tests.jobclient import wait_result
+from tests.jobclient import assert_resumed_once, stream_through_a_worker_kill, wait_result
 
 EMBED_MODEL = "smollm2-135m-embed"
 PROMPT = "The capital of France is"
@@ -141,37 +141,17 @@ def test_continuation_appends_the_delivered_text_to_the_prompt():
 
 def test_worker_killed_mid_stream_continues_the_completion_once(stack: Stack):
     """The retried attempt appends the delivered text to the prompt: the client sees one text."""
-    from tests.jobclient import read_events, wait_finished
-
     body = {"model": "durable", "stream": True, "max_tokens": 120, "temperature": 0,
             "prompt": "Numbers from 1 to 60: 1, 2, 3,"}
     headers = {"authorization": f"Bearer {stack.key}"}
-    pieces: list[str] = []
-    before_crash = ""
-    with httpx.Client(timeout=120) as h, h.stream("POST", stack.proxy_url + "/v1/completions",
-                                                  headers=headers, json=body) as r:
-        job_id = r.headers["x-job-id"]
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            assert "error" not in data, data
-            if data["choices"]:
-                pieces.append(data["choices"][0]["text"])
-            if len(pieces) == 12 and not before_crash:
-                before_crash = "".join(pieces)
-                stack.restart_worker(kill=True)  # SIGKILL, then a fresh worker
-    text = "".join(pieces)
+    job_id, before_crash, text = stream_through_a_worker_kill(stack, "/v1/completions", body)
     assert text.startswith(before_crash) and len(text) > len(before_crash) + 10
     assert text.count(before_crash) == 1
     baseline = httpx.post(stack.proxy_url + "/v1/completions", headers=headers,
                           json={**body, "stream": False}, timeout=120).json()
     assert text == baseline["choices"][0]["text"]  # greedy: as if nothing had happened
     with httpx.Client(base_url=stack.proxy_url, headers=headers) as http:
-        job = wait_finished(http, job_id)
-        assert job["status"] == "succeeded" and job["attempts"] == 2
-        running = [json.loads(e["data"]) for e in read_events(http, job_id) if e.get("event") == "job.running"]
-        assert [r["attempt"] for r in running] == [1, 2] and running[1]["resumed_from"] > 0
+        assert_resumed_once(http, job_id)
         assert http.get(f"/v1/jobs/{job_id}/result").json()["choices"][0]["text"] == text
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import httpx
 
 from tests.conftest import MODEL, Stack
-from tests.jobclient import read_events, wait_finished
+from tests.jobclient import assert_resumed_once, read_events, stream_through_a_worker_kill, wait_finished
 
 CHAT = "/v1/chat/completions"
 
@@ -62,22 +61,7 @@ def test_cancel_of_a_finished_job_is_a_no_op(http: httpx.Client):
 def test_worker_killed_mid_stream_is_replaced_and_the_text_goes_on_once(stack: Stack):
     body = {"model": "durable", "stream": True, "max_tokens": 160, "temperature": 0,
             "messages": [{"role": "user", "content": "Count from 1 to 60, separated by commas."}]}
-    pieces: list[str] = []
-    before_crash = ""
-    with httpx.Client(timeout=120) as h, h.stream(
-            "POST", stack.proxy_url + CHAT, headers={"authorization": f"Bearer {stack.key}"}, json=body) as r:
-        job_id = r.headers["x-job-id"]
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            assert "error" not in data, data
-            if data["choices"]:
-                pieces.append(data["choices"][0]["delta"].get("content") or "")
-            if len(pieces) == 12 and not before_crash:
-                before_crash = "".join(pieces)
-                stack.restart_worker(kill=True)  # SIGKILL, then a fresh worker
-    text = "".join(pieces)
+    job_id, before_crash, text = stream_through_a_worker_kill(stack, CHAT, body)
     assert text.startswith(before_crash) and len(text) > len(before_crash) + 10
     # Greedy decoding: the crashed-and-continued text equals an uninterrupted run's.
     baseline = httpx.post(stack.proxy_url + CHAT, headers={"authorization": f"Bearer {stack.key}"},
@@ -85,10 +69,6 @@ def test_worker_killed_mid_stream_is_replaced_and_the_text_goes_on_once(stack: S
     assert text == baseline["choices"][0]["message"]["content"]
     assert text.count(before_crash) == 1
     with httpx.Client(base_url=stack.proxy_url, headers={"authorization": f"Bearer {stack.key}"}) as http:
-        job = wait_finished(http, job_id)
-        assert job["status"] == "succeeded" and job["attempts"] == 2
-        events = read_events(http, job_id)
-        running = [json.loads(e["data"]) for e in events if e.get("event") == "job.running"]
-        assert [r["attempt"] for r in running] == [1, 2] and running[1]["resumed_from"] > 0
+        assert_resumed_once(http, job_id)
         result = http.get(f"/v1/jobs/{job_id}/result").json()
         assert result["choices"][0]["message"]["content"] == text

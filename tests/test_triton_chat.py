@@ -5,13 +5,11 @@ Triton can be compared with greedy output through the OpenAI-protocol engine."""
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import openai
 
 from tests.conftest import MODEL, Stack
-from tests.jobclient import read_events, wait_finished
+from tests.jobclient import assert_resumed_once, stream_through_a_worker_kill
 
 TRITON_LM = "smollm2-triton"
 CHAT = "/v1/chat/completions"
@@ -64,22 +62,7 @@ def test_worker_killed_mid_triton_stream_goes_on_from_the_delivered_text(stack: 
     body = {"model": TRITON_LM, "stream": True, "max_tokens": 160, "temperature": 0,
             "messages": [SYSTEM, {"role": "user", "content": "Count from 1 to 60, separated by commas."}]}
     headers = {"authorization": f"Bearer {stack.key}"}
-    pieces: list[str] = []
-    before_crash = ""
-    with httpx.Client(timeout=120) as h, h.stream("POST", stack.proxy_url + CHAT, headers=headers, json=body) as r:
-        assert r.status_code == 200
-        job_id = r.headers["x-job-id"]
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            assert "error" not in data, data
-            if data["choices"]:
-                pieces.append(data["choices"][0]["delta"].get("content") or "")
-            if len(pieces) == 12 and not before_crash:
-                before_crash = "".join(pieces)
-                stack.restart_worker(kill=True)  # SIGKILL, then a fresh worker
-    text = "".join(pieces)
+    job_id, before_crash, text = stream_through_a_worker_kill(stack, CHAT, body)
     assert text.startswith(before_crash) and len(text) > len(before_crash) + 10
     # The second attempt sends the delivered text as an open assistant turn (continue_final_message):
     # greedy decoding continues it exactly as an uninterrupted run does.
@@ -87,7 +70,4 @@ def test_worker_killed_mid_triton_stream_goes_on_from_the_delivered_text(stack: 
                           timeout=120).json()
     assert text == baseline["choices"][0]["message"]["content"]
     with httpx.Client(base_url=stack.proxy_url, headers=headers) as http:
-        job = wait_finished(http, job_id)
-        assert job["status"] == "succeeded" and job["attempts"] == 2
-        running = [json.loads(e["data"]) for e in read_events(http, job_id) if e.get("event") == "job.running"]
-        assert [r["attempt"] for r in running] == [1, 2] and running[1]["resumed_from"] > 0
+        assert_resumed_once(http, job_id)
