@@ -212,18 +212,17 @@ async def _view(rt: Runtime, job_id: str, desc: WorkflowExecutionDescription, me
         view.started_at = int(desc.start_time.timestamp())
     if isinstance(event, Delta):
         view.tokens = event.total
-    if s == WorkflowExecutionStatus.RUNNING and isinstance(event, Finished):
-        # the result is stored and served already; the workflow closes a few ms later
-        view.status, view.stage, view.finished_at = "succeeded", "done", int(time.time())
-        view.usage, view.finish_reason, view.tokens = event.usage, event.finish_reason, event.usage.completion_tokens
-        return view
-    if s == WorkflowExecutionStatus.RUNNING:
+    # Once its Finished event is stored the job has succeeded (its result is served from then on);
+    # the workflow closes a few ms later.
+    closing = s == WorkflowExecutionStatus.RUNNING and isinstance(event, Finished)
+    if s == WorkflowExecutionStatus.RUNNING and not closing:
         if started or (event is not None and attempts > 0):
             view.status, view.stage = "running", memo.stage or "inference"
         return view
     view.stage = "done"
-    view.finished_at = int(desc.close_time.timestamp()) if desc.close_time else None
-    if s == WorkflowExecutionStatus.COMPLETED:
+    view.finished_at = (int(desc.close_time.timestamp()) if desc.close_time
+                        else int(time.time()) if closing else None)
+    if s == WorkflowExecutionStatus.COMPLETED or closing:
         view.status = "succeeded"
         if isinstance(event, Finished):
             view.usage, view.finish_reason, view.tokens = event.usage, event.finish_reason, event.usage.completion_tokens

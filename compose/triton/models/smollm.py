@@ -57,24 +57,20 @@ class LlamaServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"llama-server exited with {self.proc.returncode}")
             try:
-                status, _ = self.request("GET", "/health", None)
-                if status == 200:
-                    return
+                with self.open("GET", "/health") as health:
+                    if health.status == 200:
+                        return
             except OSError:
                 pass
             time.sleep(0.1)
         raise RuntimeError("llama-server did not become ready")
 
-    def request(self, method: str, path: str, body: dict | None):
+    def open(self, method: str, path: str, body: dict | None = None) -> http.client.HTTPResponse:
+        """The response, its body unread (closing it closes the connection)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
         conn.request(method, path, body=None if body is None else json.dumps(body),
                      headers={"Content-Type": "application/json"})
-        response = conn.getresponse()
-        if method == "GET":
-            data = response.read()
-            conn.close()
-            return response.status, data
-        return response.status, response
+        return conn.getresponse()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -113,7 +109,8 @@ def response(text: str, finish: str = "", prompt_tokens: int = 0, completion_tok
 
 def generate(server: LlamaServer, request):
     """The responses for one request, from llama-server's SSE stream of `/completion`."""
-    status, stream = server.request("POST", "/completion", completion_body(request))
+    stream = server.open("POST", "/completion", completion_body(request))
+    status = stream.status
     try:
         if status != 200:
             detail = stream.read().decode("utf-8", "replace")
