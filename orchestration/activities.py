@@ -6,6 +6,7 @@ import asyncio
 from typing import Any, AsyncIterator, Mapping
 
 import msgspec
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -23,7 +24,8 @@ from orchestration.embeddings import embeddings_body
 from orchestration.objectstore import ObjectNotFound, ObjectStore, object_store_from_env, result_key
 from orchestration.transcripts import SUFFIX, render
 from orchestration.publisher import EventPublisher
-from orchestration.streams import last_event, read_events
+from orchestration.offers import withdraw_subject
+from orchestration.streams import client_of, last_event, read_events
 from schemas.events import Delta, Finished, Started, is_terminal
 from schemas.jobs import (
     COMPLETIONS_ENDPOINT,
@@ -41,6 +43,8 @@ from schemas.audio import TranscriptionJSON
 from schemas.openai import Usage
 
 ENGINE_ERROR = "EngineError"
+QUIET_STOP = "quiet-stop"  # cancels a run without ending the job's stream
+WITHDRAW_WAIT_S = 0.5
 JOB_CANCELLED = "JobCancelled"
 JOB_ENDED = "JobEnded"
 
@@ -63,23 +67,44 @@ class InferenceActivities:
     @activity.defn(name="inference")
     async def inference(self, inp: InferenceInput) -> InferenceSummary:
         info = activity.info()
+        heartbeat = asyncio.ensure_future(heartbeats(info.heartbeat_timeout))
+        try:  # a takeover of a dispatched run counts that run as the first attempt
+            if inp.withdraw:
+                await self._withdraw(inp.job_id)
+            return await self.generate(inp, info.attempt + (1 if inp.continuing else 0))
+        finally:
+            heartbeat.cancel()
+
+    async def _withdraw(self, job_id: str) -> None:
+        """Stops a dispatched run of the job wherever it still runs, before taking over from it."""
+        try:
+            await client_of(self._js).request(withdraw_subject(job_id), b"", timeout=WITHDRAW_WAIT_S)
+        except (TimeoutError, NatsError):
+            pass  # nobody holds it: its worker is gone
+
+    def adapter_for(self, model: str) -> InferenceAdapter | None:
+        return self._adapters.get(model)
+
+    async def generate(self, inp: InferenceInput, attempt: int) -> InferenceSummary:
+        """One attempt at the job's output, published as it comes. Cancelled with the message
+        `QUIET_STOP`, it stops without ending the job's stream (another attempt takes over)."""
         adapter = self._adapters.get(inp.model)
         if adapter is None:
             raise ApplicationError(f"this worker serves no model {inp.model!r}", type="NoAdapter")
         prior = Delivered()
-        if info.attempt > 1 or inp.stage_index > 0:
+        if attempt > 1 or inp.stage_index > 0 or inp.continuing:
             events = await read_events(self._js, inp.job_id)
             last_seq = max((e.seq for e in events), default=0)
             events = stage_events(events, inp.stage)
             ended = next((e for e in events if is_terminal(e)), None)
             if isinstance(ended, Finished):  # the last attempt finished but died before reporting
                 return InferenceSummary(finish_reason=ended.finish_reason, usage=ended.usage,
-                                        last_seq=ended.seq, attempt=info.attempt, result_ref=ended.result_ref)
+                                        last_seq=ended.seq, attempt=attempt, result_ref=ended.result_ref)
             if ended is not None:
                 raise ApplicationError("the job already ended", type=JOB_ENDED, non_retryable=True)
             prior = delivered(events)
             prior.last_seq = last_seq
-        publisher = EventPublisher(self._js, inp.job_id, info.attempt, prior.last_seq, self._coalesce_s,
+        publisher = EventPublisher(self._js, inp.job_id, attempt, prior.last_seq, self._coalesce_s,
                                    tokens_before=prior.tokens)
         body, stripper = await self._body(inp), None
         if "context_ref" in inp.options:
@@ -95,8 +120,7 @@ class InferenceActivities:
             if resumed is None:
                 await publisher.restarted("the engine cannot continue the delivered output; it starts over")
                 prior = Delivered(last_seq=publisher.seq)
-                publisher = EventPublisher(self._js, inp.job_id, info.attempt, publisher.seq,
-                                           self._coalesce_s)
+                publisher = EventPublisher(self._js, inp.job_id, attempt, publisher.seq, self._coalesce_s)
             else:
                 body = resumed
         await publisher.started(resumed_from=prior.last_seq if prior.text else 0, stage=inp.stage)
@@ -114,7 +138,6 @@ class InferenceActivities:
             text = [prior.text] if inp.options.get("store_text") else None
             work = self._generate(self._pieces(adapter, inp.endpoint, body), publisher, stripper, text)
         run = asyncio.ensure_future(work)
-        heartbeat = asyncio.ensure_future(self._heartbeat(publisher, info.heartbeat_timeout))
         stop = asyncio.ensure_future(cancelled.wait())
         try:
             await asyncio.wait({run, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -127,18 +150,21 @@ class InferenceActivities:
             if text is not None:  # a pipeline's text result: the next stage's context, or the job's result
                 data = msgspec.json.encode(TranscriptionJSON(text="".join(text)))
                 result_ref = await self._objects.put(stage_result_key(inp, "json"), data)
-        except asyncio.CancelledError:  # Temporal delivered the cancellation
+        except asyncio.CancelledError as exc:  # Temporal delivered the cancellation, or a quiet stop
             run.cancel()
             await asyncio.gather(run, return_exceptions=True)
-            await publisher.cancelled("cancelled by the client")
+            if exc.args and exc.args[0] == QUIET_STOP:
+                await publisher.flush()
+                await publisher.close()
+            else:
+                await publisher.cancelled("cancelled by the client")
             raise
         except EngineError as exc:
             await publisher.flush()  # text the engine produced before failing is delivered, not lost
             await publisher.close()
             raise engine_failure(exc) from None
         finally:
-            for task in (heartbeat, stop):
-                task.cancel()
+            stop.cancel()
             self._cancels.unregister(inp.job_id)
         if prior.tokens:
             usage = Usage(prompt_tokens=max(0, usage.prompt_tokens - prior.tokens),
@@ -147,12 +173,12 @@ class InferenceActivities:
         if not inp.final:  # a pipeline's earlier stage: the job goes on
             await publisher.close()
             return InferenceSummary(finish_reason=finish_reason, usage=usage, last_seq=publisher.seq,
-                                    attempt=info.attempt, result_ref=result_ref)
+                                    attempt=attempt, result_ref=result_ref)
         last_seq = await publisher.finish({"finish_reason": finish_reason, "usage": usage,
                                            "model": inp.model, "created": inp.created,
                                            "result_ref": result_ref})
         return InferenceSummary(finish_reason=finish_reason, usage=usage, last_seq=last_seq,
-                                attempt=info.attempt, result_ref=result_ref)
+                                attempt=attempt, result_ref=result_ref)
 
     async def _body(self, inp: InferenceInput) -> dict[str, Any]:
         """The request body, loaded from the object store when it came by reference (claim check)."""
@@ -241,12 +267,6 @@ class InferenceActivities:
                     text.append(rest)
         return finish_reason, usage, ""
 
-    async def _heartbeat(self, publisher: EventPublisher, timeout) -> None:
-        every = max(0.5, timeout.total_seconds() / 4) if timeout else 2.0
-        while True:
-            activity.heartbeat(publisher.seq)
-            await asyncio.sleep(every)
-
     @activity.defn(name="publish_settlement")
     async def publish_settlement(self, req: SettlementRequest) -> None:
         actual = req.actual_tokens
@@ -275,6 +295,15 @@ class InferenceActivities:
         assert notice.error is not None
         return await publisher.fail(notice.status, notice.error)
 
+
+
+async def heartbeats(timeout) -> None:
+    """Heartbeats a running activity, the first only once one is due: a stream that ends within a
+    quarter of its heartbeat timeout costs no heartbeat RPC."""
+    every = max(0.5, timeout.total_seconds() / 4) if timeout else 2.0
+    while True:
+        await asyncio.sleep(every)
+        activity.heartbeat()
 
 
 def stage_events(events: list, stage: str) -> list:

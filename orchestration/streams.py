@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
 import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.kv import KeyValue
 
-from schemas.events import JobEvent, event_decoder
+from schemas.events import JobEvent, event_decoder, is_terminal
 
+T = TypeVar("T")
 STREAM = "SWITCHYARD_JOBS"
 SUBJECT_PREFIX = "sy.jobs"
 
@@ -17,7 +26,51 @@ def job_subject(job_id: str) -> str:
     return f"{SUBJECT_PREFIX}.{job_id}"
 
 
-async def ensure_stream(js: JetStreamContext, max_age_s: float = 24 * 3600) -> None:
+def client_of(js: JetStreamContext) -> NATS:
+    """The core connection under a JetStream context (for subscriptions and direct gets)."""
+    return js._nc
+
+
+# What a cluster answers while it is forming or electing a leader: worth asking again shortly.
+TRANSIENT_ERRORS = (nats.errors.TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError,
+                    NoStreamResponseError)
+SETUP_WITHIN_S = 30.0
+
+
+async def _patiently(call: Callable[[], Awaitable[T]], within_s: float = SETUP_WITHIN_S) -> T:
+    """`call()`, again after a transient failure (a JetStream API timeout while a cluster's nodes
+    create streams at once, no meta leader yet) until `within_s` has passed."""
+    deadline = time.monotonic() + within_s
+    delay = 0.25
+    while True:
+        try:
+            return await call()
+        except TRANSIENT_ERRORS:
+            if time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+
+async def _add_or_update(js: JetStreamContext, config: StreamConfig) -> None:
+    """Creates the stream, or brings an existing one to `config`. Its replicas are raised to
+    `config`'s (JetStream scales a stream in place), never lowered: a process started without
+    SWITCHYARD_NATS_REPLICAS (a CLI on a laptop) must not take copies away; lowering is an operator's
+    `nats stream edit`. When nothing works, the creation's error is the one raised (e.g. "replicas >
+    1 not supported in non-clustered mode" for SWITCHYARD_NATS_REPLICAS=3 on a single node)."""
+    try:
+        await js.add_stream(config)
+    except Exception as exc:
+        try:
+            existing = (await js.stream_info(config.name)).config.num_replicas or 1
+        except NotFoundError:
+            raise exc from None
+        await js.update_stream(config.evolve(num_replicas=max(existing, config.num_replicas or 1)))
+
+
+async def ensure_stream(js: JetStreamContext, *, replicas: int = 1, max_age_s: float = 24 * 3600) -> None:
+    """The job events stream, with `replicas` copies (SWITCHYARD_NATS_REPLICAS: pass the configured
+    value, since an existing stream is brought to it)."""
     config = StreamConfig(
         name=STREAM,
         subjects=[f"{SUBJECT_PREFIX}.>"],
@@ -26,11 +79,34 @@ async def ensure_stream(js: JetStreamContext, max_age_s: float = 24 * 3600) -> N
         duplicate_window=120.0,
         discard=DiscardPolicy.OLD,
         allow_direct=True,
+        num_replicas=replicas,
     )
+    await _patiently(lambda: _add_or_update(js, config))
+
+
+async def ensure_kv(js: JetStreamContext, bucket: str, *, replicas: int = 1, **config: Any) -> KeyValue:
+    """Opens a KV bucket, creating it with `replicas` copies on first use (safe when several
+    processes race to create it). An existing bucket with fewer copies is scaled up to `replicas`
+    (never down, as streams); its other settings are left as they are."""
+    return await _patiently(lambda: _ensure_kv_once(js, bucket, replicas, config))
+
+
+async def _ensure_kv_once(js: JetStreamContext, bucket: str, replicas: int, config: dict[str, Any]) -> KeyValue:
     try:
-        await js.add_stream(config)
-    except Exception:
-        await js.update_stream(config)
+        kv = await js.key_value(bucket)
+    except BucketNotFoundError:
+        try:
+            return await js.create_key_value(bucket=bucket, replicas=replicas, **config)
+        except Exception as exc:
+            try:
+                kv = await js.key_value(bucket)  # created by someone else meanwhile
+            except BucketNotFoundError:
+                raise exc from None
+    stream = f"KV_{bucket}"
+    info = await js.stream_info(stream)
+    if (info.config.num_replicas or 1) < replicas:
+        await js.update_stream(info.config.evolve(num_replicas=replicas))
+    return kv
 
 
 async def last_event(js: JetStreamContext, job_id: str) -> JobEvent | None:
@@ -44,53 +120,55 @@ async def last_event(js: JetStreamContext, job_id: str) -> JobEvent | None:
         return None
 
 
-async def read_events(js: JetStreamContext, job_id: str, after_seq: int = 0) -> list[JobEvent]:
-    """Every stored event of a job with seq > after_seq, read up to the last one stored now."""
-    try:
-        last = await js.get_last_msg(STREAM, job_subject(job_id), direct=True)
-    except NotFoundError:
-        return []
-    sub = await js.subscribe(job_subject(job_id), stream=STREAM, ordered_consumer=True,
-                             deliver_policy=DeliverPolicy.ALL)
+async def read_stored(nc: NATS, job_id: str, after_seq: int = 0, batch: int = 256) -> list[JobEvent]:
+    """Every stored event of a job with seq > after_seq, and its terminal event whatever its seq, by
+    batched direct gets: no consumer, so nothing is left on the server however the caller ends."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
     events: list[JobEvent] = []
+    start = 1
     try:
         while True:
-            msg = await sub.next_msg(timeout=5)
-            try:
-                event = event_decoder.decode(msg.data)
-            except msgspec.DecodeError:
-                event = None
-            if event is not None and event.seq > after_seq:
-                events.append(event)
-            if msg.metadata.sequence.stream >= last.seq:
+            request = msgspec.json.encode({"seq": start, "next_by_subj": job_subject(job_id), "batch": batch})
+            await nc.publish(f"$JS.API.DIRECT.GET.{STREAM}", request, reply=inbox)
+            pending = 0
+            while True:
+                msg = await sub.next_msg(timeout=5)
+                headers = msg.headers or {}
+                if headers.get("Status"):  # 204: end of this batch; 404: nothing (more) stored
+                    pending = int(headers.get("Nats-Num-Pending", 0)) if headers["Status"] == "204" else 0
+                    break
+                start = int(headers["Nats-Sequence"]) + 1
+                try:
+                    event = event_decoder.decode(msg.data)
+                except msgspec.DecodeError:
+                    continue
+                if event.seq > after_seq or is_terminal(event):
+                    events.append(event)
+            if pending <= 0:
                 return events
     finally:
         await sub.unsubscribe()
 
 
-async def ensure_secrets_bucket(js: JetStreamContext):
-    """Webhook secrets, by job id: kept out of Temporal's history, expired after a week."""
-    from nats.js.api import KeyValueConfig
+async def read_events(js: JetStreamContext, job_id: str, after_seq: int = 0) -> list[JobEvent]:
+    return await read_stored(client_of(js), job_id, after_seq)
 
+
+async def ensure_secrets_bucket(js: JetStreamContext, *, replicas: int = 1) -> KeyValue:
+    """Webhook secrets, by job id: kept out of Temporal's history, expired after a week."""
     from orchestration.webhooks import SECRETS_BUCKET
 
-    try:
-        return await js.key_value(SECRETS_BUCKET)
-    except Exception:
-        return await js.create_key_value(KeyValueConfig(bucket=SECRETS_BUCKET, ttl=7 * 24 * 3600,
-                                                        storage=StorageType.FILE))
+    return await ensure_kv(js, SECRETS_BUCKET, replicas=replicas, ttl=7 * 24 * 3600, storage=StorageType.FILE)
 
 
 SETTLE_STREAM = "SWITCHYARD_SETTLE"
 
 
-async def ensure_settle_stream(js: JetStreamContext) -> None:
+async def ensure_settle_stream(js: JetStreamContext, *, replicas: int = 1) -> None:
     from nats.js.api import RetentionPolicy
 
     config = StreamConfig(name=SETTLE_STREAM, subjects=["sy.settle.>"], storage=StorageType.FILE,
                           retention=RetentionPolicy.WORK_QUEUE, duplicate_window=600.0,
-                          max_age=7 * 24 * 3600)
-    try:
-        await js.add_stream(config)
-    except Exception:
-        await js.update_stream(config)
+                          max_age=7 * 24 * 3600, num_replicas=replicas)
+    await _patiently(lambda: _add_or_update(js, config))

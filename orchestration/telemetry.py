@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Awaitable, Mapping
 
 import structlog
 from opentelemetry import propagate, trace
@@ -164,31 +164,37 @@ class _ActivityMetrics(ActivityInboundInterceptor):
         if info.activity_type not in OBSERVED_ACTIVITIES or info.is_local:
             return await self.next.execute_activity(input)
         arg = input.args[0] if input.args else None
-        model = str(getattr(arg, "model", "") or "")
         wait = (info.started_time - info.current_attempt_scheduled_time).total_seconds()
-        QUEUE_WAIT.labels(info.task_queue, model).observe(max(0.0, wait))
-        if info.attempt > 1:
-            RETRIES.labels(model).inc()
-        outcome = "failed"
-        started = time.perf_counter()
-        try:
-            result = await self.next.execute_activity(input)
-            outcome = "succeeded"
-            usage = getattr(result, "usage", None)
-            if usage is not None:
-                tenant = str(getattr(arg, "tenant", "") or "unknown")
-                TOKENS.labels(tenant, model, "in").inc(max(0, usage.prompt_tokens))
-                TOKENS.labels(tenant, model, "out").inc(max(0, usage.completion_tokens))
-            return result
-        except BaseException as exc:
-            kind = getattr(exc, "type", None)
-            outcome = ("engine_error" if kind == "EngineError" else
-                       "cancelled" if kind == "JobCancelled" or type(exc).__name__ == "CancelledError"
-                       else "failed")
-            raise
-        finally:
-            ATTEMPT_DURATION.labels(model).observe(time.perf_counter() - started)
-            ATTEMPTS.labels(model, outcome).inc()
+        return await measured_attempt(self.next.execute_activity(input), arg, info.task_queue, wait, info.attempt)
+
+
+async def measured_attempt(run: Awaitable[Any], inp: Any, queue: str, wait_s: float, attempt: int) -> Any:
+    """Runs one inference attempt (`inp`: its InferenceInput), observing its queue wait, outcome,
+    duration and tokens: for activities and for runs dispatched straight to a worker alike."""
+    model = str(getattr(inp, "model", "") or "")
+    QUEUE_WAIT.labels(queue, model).observe(max(0.0, wait_s))
+    if attempt > 1:
+        RETRIES.labels(model).inc()
+    outcome = "failed"
+    started = time.perf_counter()
+    try:
+        result = await run
+        outcome = "succeeded"
+        usage = getattr(result, "usage", None)
+        if usage is not None:
+            tenant = str(getattr(inp, "tenant", "") or "unknown")
+            TOKENS.labels(tenant, model, "in").inc(max(0, usage.prompt_tokens))
+            TOKENS.labels(tenant, model, "out").inc(max(0, usage.completion_tokens))
+        return result
+    except BaseException as exc:
+        kind = getattr(exc, "type", None)
+        outcome = ("engine_error" if kind == "EngineError" else
+                   "cancelled" if kind == "JobCancelled" or type(exc).__name__ == "CancelledError"
+                   else "failed")
+        raise
+    finally:
+        ATTEMPT_DURATION.labels(model).observe(time.perf_counter() - started)
+        ATTEMPTS.labels(model, outcome).inc()
 
 
 def start_metrics_server(port: int, host: str = "127.0.0.1") -> None:

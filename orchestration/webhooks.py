@@ -54,15 +54,19 @@ def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 async def check_target(url: str, allow: tuple = ()) -> tuple[str, int, str]:
     """Returns (host, port, address to connect to); raises WebhookTargetError if not allowed."""
-    parts = urlsplit(url)
+    try:  # urlsplit refuses a broken IPv6 literal, `.port` a port that is not 0-65535
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise WebhookTargetError(f"the webhook url is malformed ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookTargetError("the webhook url must be an absolute http(s) URL")
     if parts.username or parts.password:
         raise WebhookTargetError("the webhook url must not carry credentials")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    port = port or (443 if parts.scheme == "https" else 80)
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
+    except (socket.gaierror, UnicodeError):  # UnicodeError: not a valid host name (IDNA)
         raise WebhookTargetError(f"the webhook host {parts.hostname!r} does not resolve") from None
     addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     for ip in addresses:

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import nats
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import FixedSizeSlotSupplier, Worker, WorkerTuner
 
 from adapters.registry import build_adapter
 from orchestration.activities import InferenceActivities
@@ -19,6 +19,9 @@ from orchestration.converter import data_converter
 from orchestration.telemetry import WorkerMetricsInterceptor, start_metrics_server, temporal_interceptors
 from orchestration.streams import ensure_secrets_bucket, ensure_settle_stream, ensure_stream
 from orchestration.delivery import WebhookActivities
+from orchestration.dispatch import DirectRuns
+from orchestration.slots import EngineSlots
+from orchestration.offers import WITHDRAW_SUBJECT_PREFIX, dispatch_group, dispatch_subject
 from orchestration.workflows import InferenceWorkflow, WebhookWorkflow
 from schemas.catalog import Catalog
 
@@ -27,7 +30,7 @@ from schemas.catalog import Catalog
 class WorkerConfig:
     temporal_address: str
     namespace: str
-    nats_url: str
+    nats_servers: tuple[str, ...]  # SWITCHYARD_NATS_URL, comma-separated: any node of the cluster
     queues: tuple[str, ...]
     coalesce_s: float = 0.005
     cpu_queue: str = "cpu"  # webhooks and other CPU stages; "" to serve none
@@ -35,6 +38,7 @@ class WorkerConfig:
     webhook_base_delay_s: float = 5.0
     metrics_port: int = 0  # SWITCHYARD_METRICS_PORT: Prometheus /metrics; 0 serves none
     metrics_host: str = "127.0.0.1"
+    nats_replicas: int = 1  # SWITCHYARD_NATS_REPLICAS: copies of every stream and KV bucket
 
 
 async def connect_temporal(address: str, namespace: str) -> Client:
@@ -51,40 +55,70 @@ async def run_worker(config: WorkerConfig, catalog: Catalog, stop: asyncio.Event
     if config.metrics_port:
         start_metrics_server(config.metrics_port, config.metrics_host)
     client = await connect_temporal(config.temporal_address, config.namespace)
-    nc = await nats.connect(config.nats_url, name="switchyard-worker", max_reconnect_attempts=-1)
+    nc = await nats.connect(servers=list(config.nats_servers), name="switchyard-worker",
+                            max_reconnect_attempts=-1)
     js = nc.jetstream(publish_async_max_pending=16384)
-    await ensure_stream(js)
-    await ensure_settle_stream(js)
-    secrets = await ensure_secrets_bucket(js)
+    await ensure_stream(js, replicas=config.nats_replicas)
+    await ensure_settle_stream(js, replicas=config.nats_replicas)
+    secrets = await ensure_secrets_bucket(js, replicas=config.nats_replicas)
     adapters = {m.id: build_adapter(m.engine) for m in models if m.engine is not None}
     cancels = CancelRegistry()
     await nc.subscribe(f"{CANCEL_SUBJECT_PREFIX}.*", cb=cancels.on_message)
     objects = object_store_from_env()
     activities = InferenceActivities(js, adapters, cancels, coalesce_s=config.coalesce_s, objects=objects)
+    loop = asyncio.get_running_loop()
+    slots = {q: EngineSlots(sum(m.max_concurrency for m in models if m.task_queue == q) or 1, loop)
+             for q in queues}
+    direct = DirectRuns(activities, slots)
+    offers = [await nc.subscribe(dispatch_subject(q), queue=dispatch_group(q), cb=direct.on_offer)
+              for q in queues]
+    await nc.subscribe(f"{WITHDRAW_SUBJECT_PREFIX}.*", cb=direct.on_withdraw)
     async with AsyncExitStack() as stack:
         stack.push_async_callback(objects.aclose)
         sweeper = asyncio.ensure_future(sweep_forever(objects))
         stack.callback(sweeper.cancel)
+        workers: list[Worker] = []
         for queue in queues:
-            slots = sum(m.max_concurrency for m in models if m.task_queue == queue) or 1
+            # Backpressure by pull: never more than the engines' slots, dispatched runs included. One
+            # poller, as each holds a slot while it polls.
+            tuner = WorkerTuner.create_composite(
+                workflow_supplier=FixedSizeSlotSupplier(100), activity_supplier=slots[queue],
+                local_activity_supplier=FixedSizeSlotSupplier(100), nexus_supplier=FixedSizeSlotSupplier(1))
             worker = Worker(
                 client,
                 task_queue=queue,
                 workflows=[InferenceWorkflow],
                 activities=[activities.inference, activities.publish_terminal, activities.publish_settlement],
-                max_concurrent_activities=slots,  # backpressure by pull: never more than the engine's slots
+                tuner=tuner, max_concurrent_activity_task_polls=1,
                 graceful_shutdown_timeout=timedelta(seconds=5),
                 interceptors=[WorkerMetricsInterceptor()],
             )
-            await stack.enter_async_context(worker)
+            workers.append(await stack.enter_async_context(worker))
+            workers.append(await stack.enter_async_context(Worker(
+                client, task_queue=direct.adoption_queue(queue), activities=[direct.adopt],
+                max_concurrent_activities=1000,  # adopting holds no engine slot: the run has it
+                graceful_shutdown_timeout=timedelta(seconds=5))))
         if config.cpu_queue:
             hooks = WebhookActivities(secrets, config.webhook_allow, config.webhook_base_delay_s)
             stack.push_async_callback(hooks.aclose)
-            await stack.enter_async_context(Worker(
-                client, task_queue=config.cpu_queue, workflows=[WebhookWorkflow],
-                activities=[hooks.deliver_webhook], max_concurrent_activities=64,
-                graceful_shutdown_timeout=timedelta(seconds=5)))
+            # Job workflows run here, apart from the engines' queues: a job whose model has no
+            # worker still runs its workflow, which ends it (no_capacity, settlement, webhook).
+            workers.append(await stack.enter_async_context(Worker(
+                client, task_queue=config.cpu_queue, workflows=[WebhookWorkflow, InferenceWorkflow],
+                activities=[hooks.deliver_webhook, activities.publish_terminal, activities.publish_settlement],
+                max_concurrent_activities=64, graceful_shutdown_timeout=timedelta(seconds=5),
+                interceptors=[WorkerMetricsInterceptor()])))
+
+        async def shutdown_workers() -> None:
+            # All at once (each has its own 5 s grace), not one after another as the stack's exits
+            # would: their exits below then only collect the finished run tasks.
+            await asyncio.gather(*(w.shutdown() for w in workers))
+
+        stack.push_async_callback(shutdown_workers)  # the stack's first exit: after the block below
         await stop.wait()
+        for sub in offers:  # no new runs; those not adopted yet are taken over elsewhere
+            await sub.unsubscribe()
+        direct.stop_all()
     for adapter in adapters.values():
         await adapter.aclose()
     await nc.drain()

@@ -8,12 +8,13 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.workflow import ParentClosePolicy
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError, TimeoutType
 
 with workflow.unsafe.imports_passed_through():
     import msgspec
 
     from schemas.jobs import (
+        AdoptInput,
         InferenceInput,
         InferenceSummary,
         RetrySpec,
@@ -26,6 +27,9 @@ with workflow.unsafe.imports_passed_through():
     from schemas.openai import ErrorBody
 
 INFERENCE_WORKFLOW = "InferenceWorkflow"
+NO_CAPACITY = "No worker picked up the request in time; please retry."
+# The worker that took a dispatched run polls its adoption queue; longer than this, it is gone.
+ADOPT_SCHEDULE_TO_START_S = 10.0
 NON_RETRYABLE = ["NoAdapter", "JobCancelled", "JobEnded"]
 _LOCAL = dict(start_to_close_timeout=timedelta(seconds=30),
               retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)))
@@ -39,7 +43,7 @@ class InferenceWorkflow:
         try:
             if inp.then:
                 workflow.upsert_memo({"stage": inp.inference.stage})
-            summary = await _inference(inp.inference, inp.task_queue, inp.timeouts, inp.retry)
+            summary = await _first_stage(inp)
             for step in inp.then:  # a pipeline: each stage reads the one before from the object store
                 inference = step.inference
                 inference = msgspec.structs.replace(
@@ -47,13 +51,12 @@ class InferenceWorkflow:
                 workflow.upsert_memo({"stage": inference.stage})
                 summary = await _inference(inference, step.task_queue, step.timeouts, step.retry)
         except asyncio.CancelledError:
-            # Local activities run on this worker and take none of the engine's slots.
-            await workflow.execute_local_activity(
-                "publish_terminal", TerminalNotice(job_id=job_id, kind="cancelled"), **_LOCAL)
-            await self._settle(inp, None)
-            await self._notify(inp, "job.cancelled", {"status": "cancelled"})
+            await self._cancelled(inp)
             raise
         except ActivityError as err:
+            if cancelled_by_client(err):  # the cancel reached the activity, or ended it while queued
+                await self._cancelled(inp)
+                raise asyncio.CancelledError() from None
             notice = failure_notice(job_id, err)
             await workflow.execute_local_activity("publish_terminal", notice, **_LOCAL)
             assert notice.error is not None
@@ -65,6 +68,13 @@ class InferenceWorkflow:
         await self._notify(inp, "job.succeeded", {"status": "succeeded", "usage": summary.usage,
                                                   "finish_reason": summary.finish_reason})
         return summary
+
+    async def _cancelled(self, inp: WorkflowInput) -> None:
+        # Local activities run on this worker and take none of the engine's slots.
+        await workflow.execute_local_activity(
+            "publish_terminal", TerminalNotice(job_id=inp.inference.job_id, kind="cancelled"), **_LOCAL)
+        await self._settle(inp, None)
+        await self._notify(inp, "job.cancelled", {"status": "cancelled"})
 
     async def _settle(self, inp: WorkflowInput, actual: int | None) -> None:
         if inp.admission is None:
@@ -84,6 +94,45 @@ class InferenceWorkflow:
         await workflow.start_child_workflow(
             WEBHOOK_WORKFLOW, delivery, id=f"{job_id}-webhook", task_queue=inp.webhook_queue,
             parent_close_policy=ParentClosePolicy.ABANDON)
+
+
+async def _first_stage(inp: WorkflowInput) -> InferenceSummary:
+    """A dispatched run is adopted on the worker that runs it; when that worker is gone or the run
+    failed in a way worth retrying, the model's queue takes over from the output delivered."""
+    inference = inp.inference
+    if inp.dispatched_to:
+        t = inp.timeouts
+        try:
+            return await workflow.execute_activity(
+                "adopt", AdoptInput(job_id=inference.job_id), task_queue=inp.dispatched_to,
+                result_type=InferenceSummary,
+                schedule_to_start_timeout=timedelta(seconds=ADOPT_SCHEDULE_TO_START_S),
+                start_to_close_timeout=timedelta(seconds=t.start_to_close_s),
+                heartbeat_timeout=timedelta(seconds=t.heartbeat_s),
+                retry_policy=RetryPolicy(maximum_attempts=1))
+        except ActivityError as err:
+            if cancelled_by_client(err) or _final(err):
+                raise
+            # Only a lost adoption can leave the run alive (its worker slow, not dead); a run that
+            # failed, or was gone when the adoption came, is over.
+            lost = isinstance(err.cause, TimeoutError)
+        inference = msgspec.structs.replace(inference, continuing=True, withdraw=lost)
+        # The dispatched run was the first attempt of the catalog's `maximum_attempts`.
+        left = max(1, inp.retry.maximum_attempts - 1) if inp.retry.maximum_attempts else 0
+        return await _inference(inference, inp.task_queue, inp.timeouts,
+                                msgspec.structs.replace(inp.retry, maximum_attempts=left))
+    return await _inference(inference, inp.task_queue, inp.timeouts, inp.retry)
+
+
+def _final(err: ActivityError) -> bool:
+    cause = err.cause
+    return isinstance(cause, ApplicationError) and (cause.non_retryable or cause.type in NON_RETRYABLE)
+
+
+def cancelled_by_client(err: ActivityError) -> bool:
+    cause = err.cause
+    return isinstance(cause, CancelledError) or (isinstance(cause, ApplicationError)
+                                                   and cause.type == "JobCancelled")
 
 
 async def _inference(inference: InferenceInput, task_queue: str, t: StageTimeouts,
@@ -113,6 +162,9 @@ def failure_notice(job_id: str, err: ActivityError) -> TerminalNotice:
         return TerminalNotice(job_id=job_id, kind="failed", status=int(d.get("status") or 500),
                               error=ErrorBody(message=cause.message, type=d.get("type") or "server_error",
                                               param=d.get("param"), code=d.get("code")))
+    if isinstance(cause, TimeoutError) and cause.type == TimeoutType.SCHEDULE_TO_START:
+        return TerminalNotice(job_id=job_id, kind="failed", status=503,
+                              error=ErrorBody(message=NO_CAPACITY, type="server_error", code="no_capacity"))
     if isinstance(cause, TimeoutError):
         return TerminalNotice(job_id=job_id, kind="failed", status=503,
                               error=ErrorBody(message="the engine did not answer in time",

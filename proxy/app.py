@@ -11,8 +11,8 @@ from starlette.routing import Route, WebSocketRoute
 
 from proxy.auth import KeyRing
 from proxy.config import ProxySettings
-from proxy.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
-from proxy.middleware import AuthMiddleware, RequestIdMiddleware
+from proxy.errors import EVENTS_ERRORS, APIError, handle_api_error, handle_http_exception, handle_unexpected
+from proxy.middleware import AuthMiddleware, HeaderLimitMiddleware, RequestIdMiddleware
 from proxy.openapi import openapi_endpoint
 from proxy.runtime import Runtime
 from proxy.telemetry import TelemetryMiddleware, metrics_endpoint
@@ -64,8 +64,10 @@ def create_app(settings: ProxySettings) -> Starlette:
         routes=routes,
         middleware=[Middleware(TelemetryMiddleware),  # outermost: its span covers the access log line
                     Middleware(RequestIdMiddleware),
+                    Middleware(HeaderLimitMiddleware),
                     Middleware(AuthMiddleware, keys=keys)],
         exception_handlers={APIError: handle_api_error, HTTPException: handle_http_exception,
+                            **{t: handle_unexpected for t in EVENTS_ERRORS},  # a 503, not re-raised
                             Exception: handle_unexpected},
         lifespan=lifespan,
     )

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from proxy.errors import APIError, envelope_bytes
-from proxy.sse import DONE, frame
+from proxy.sse import CHUNK, DONE_DATA, END, USAGE, Part, render
 from schemas.events import Cancelled, Delta, Failed, Finished, JobEvent, Restarted, Started
 from schemas.jobs import (
     COMPLETIONS_ENDPOINT,
@@ -40,16 +40,21 @@ def terminal_error(event: Failed | Cancelled, headers: dict[str, str] | None = N
     if isinstance(event, Cancelled):
         return APIError("The job was cancelled.", status=409, type="invalid_request_error",
                         code="job_cancelled", headers=headers)
+    if event.error.code == "no_capacity":  # backpressure: come back soon
+        headers = {**(headers or {}), "retry-after": "1"}
     return APIError(event.error.message, status=event.status, type=event.error.type,
                     param=event.error.param, code=event.error.code, headers=headers)
 
 
 class ChunkWriter:
-    def __init__(self, job_id: str, model: str, created: int, include_usage: bool):
+    """`after_id`: the frame id a resumed stream starts after; frames up to it are not written."""
+
+    def __init__(self, job_id: str, model: str, created: int, include_usage: bool, after_id: int = -1):
         self.job_id = job_id
         self.model = model
         self.created = created
         self.include_usage = include_usage
+        self.after_id = after_id
 
     def chunk(self, choices: list[ChunkChoice], **extra: Any) -> bytes:
         return _encoder.encode(ChatCompletionChunk(id=self.job_id, created=self.created,
@@ -68,26 +73,29 @@ class ChunkWriter:
         return self.chunk([ChunkChoice(index=0, delta=delta)])
 
     def frames(self, event: JobEvent) -> bytes:
-        """Frames for the OpenAI endpoint's own stream: unnamed chunk events only."""
+        return render(event.seq, self.parts(event), self.after_id)
+
+    def parts(self, event: JobEvent) -> list[Part]:
+        """The OpenAI endpoint's own stream: unnamed chunk events only."""
         if isinstance(event, Delta):
-            return frame(self.delta_chunk(event), event.seq)
+            return [(CHUNK, None, self.delta_chunk(event))]
         if isinstance(event, Finished):
-            return self.finish_frames(event) + DONE
+            return self.finish_parts(event) + [(END, None, DONE_DATA)]
         if isinstance(event, Started):
-            return b""
+            return []
         if isinstance(event, Restarted):
             # A chunk stream cannot take text back: end it; /v1/jobs/{id}/events shows the restart.
-            return frame(envelope_bytes(ErrorBody(
+            return [(CHUNK, None, envelope_bytes(ErrorBody(
                 message=f"The generation restarted ({event.reason}); follow /v1/jobs/{self.job_id}/events.",
-                type="server_error", code="stream_restarted")), event.seq) + DONE
+                type="server_error", code="stream_restarted"))), (END, None, DONE_DATA)]
         assert isinstance(event, (Failed, Cancelled))
-        return frame(envelope_bytes(terminal_error(event).body()), event.seq) + DONE
+        return [(CHUNK, None, envelope_bytes(terminal_error(event).body())), (END, None, DONE_DATA)]
 
-    def finish_frames(self, event: Finished) -> bytes:
-        out = frame(self.chunk([ChunkChoice(index=0, delta=ChunkDelta(),
-                                            finish_reason=event.finish_reason or "stop")]), event.seq)
+    def finish_parts(self, event: Finished) -> list[Part]:
+        out: list[Part] = [(CHUNK, None, self.chunk([ChunkChoice(index=0, delta=ChunkDelta(),
+                                                                 finish_reason=event.finish_reason or "stop")]))]
         if self.include_usage:
-            out += frame(self.chunk([], usage=event.usage), event.seq)
+            out.append((USAGE, None, self.chunk([], usage=event.usage)))
         return out
 
 
@@ -165,11 +173,11 @@ class TextChunkWriter(ChunkWriter):
     def delta_chunk(self, event: Delta) -> bytes:
         return self.text_chunk([CompletionChoice(index=0, text=event.content)])
 
-    def finish_frames(self, event: Finished) -> bytes:
-        out = frame(self.text_chunk([CompletionChoice(index=0, text="",
-                                                      finish_reason=event.finish_reason or "stop")]), event.seq)
+    def finish_parts(self, event: Finished) -> list[Part]:
+        out: list[Part] = [(CHUNK, None, self.text_chunk([CompletionChoice(
+            index=0, text="", finish_reason=event.finish_reason or "stop")]))]
         if self.include_usage:
-            out += frame(self.text_chunk([], usage=event.usage), event.seq)
+            out.append((USAGE, None, self.text_chunk([], usage=event.usage)))
         return out
 
 
@@ -189,8 +197,8 @@ class ResultWriter(ChunkWriter):
     def delta_chunk(self, event: Delta) -> bytes:
         return b"{}"
 
-    def finish_frames(self, event: Finished) -> bytes:
-        return b""
+    def finish_parts(self, event: Finished) -> list[Part]:
+        return []
 
 
 class ResultAssembler(CompletionAssembler):
@@ -206,19 +214,20 @@ class SpeechWriter(ResultWriter):
     def delta_chunk(self, event: Delta) -> bytes:
         return b'{"type":"speech.audio.delta","audio":"' + base64.b64encode(event.audio) + b'"}'
 
-    def finish_frames(self, event: Finished) -> bytes:
+    def finish_parts(self, event: Finished) -> list[Part]:
         usage = {"input_tokens": event.usage.prompt_tokens, "output_tokens": 0,
                  "total_tokens": event.usage.prompt_tokens}
-        return frame(_encoder.encode({"type": "speech.audio.done", "usage": usage}))
+        return [(CHUNK, None, _encoder.encode({"type": "speech.audio.done", "usage": usage}))]
 
 
 RESULT_ENDPOINTS = (EMBEDDINGS_ENDPOINT, TRANSCRIPTIONS_ENDPOINT, TRANSLATIONS_ENDPOINT, SPEECH_ENDPOINT)
 
 
-def writer_for(endpoint: str, job_id: str, model: str, created: int, include_usage: bool) -> ChunkWriter:
+def writer_for(endpoint: str, job_id: str, model: str, created: int, include_usage: bool,
+               after_id: int = -1) -> ChunkWriter:
     kind = {COMPLETIONS_ENDPOINT: TextChunkWriter, SPEECH_ENDPOINT: SpeechWriter,
             **{e: ResultWriter for e in RESULT_ENDPOINTS[:3]}}.get(endpoint, ChunkWriter)
-    return kind(job_id, model, created, include_usage)
+    return kind(job_id, model, created, include_usage, after_id)
 
 
 def assembler_for(endpoint: str, chunks: ChunkWriter) -> CompletionAssembler:

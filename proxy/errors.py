@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import msgspec
+import nats.errors
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -96,10 +97,26 @@ class PayloadTooLarge(APIError):
     code = "request_too_large"
 
 
+class HeaderFieldsTooLarge(APIError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+
+
 class ServiceUnavailable(APIError):
     status = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+# NATS (JetStream: job events, key store, limiter state) failing or unreachable: nats.js.errors.*
+# and nats.errors.TimeoutError / ConnectionClosedError / NoRespondersError all derive from this.
+EVENTS_ERRORS: tuple[type[Exception], ...] = (nats.errors.Error,)
+
+
+def events_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable("The event store is unavailable; please retry.", code="events_unavailable",
+                              headers={"retry-after": "1"})
 
 
 def envelope_bytes(body: ErrorBody) -> bytes:
@@ -128,8 +145,14 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    """The last resort, for any exception no handler took; NATS errors are a 503 `events_unavailable`
+    (also registered for them by type, so they reach here only from outside the router)."""
     import structlog
 
-    structlog.get_logger("switchyard.proxy").error("unhandled_error", error_type=type(exc).__name__)
+    log = structlog.get_logger("switchyard.proxy")
+    if isinstance(exc, EVENTS_ERRORS):
+        log.warning("events_unavailable", error_type=type(exc).__name__, error=str(exc)[:200])
+        return error_response(events_unavailable())
+    log.error("unhandled_error", error_type=type(exc).__name__)
     return error_response(APIError("The server had an error while processing your request.",
                                    code="internal_error"))

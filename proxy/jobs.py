@@ -26,15 +26,20 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from nats.errors import Error as NatsError, NoRespondersError
+
 from orchestration.cancels import cancel_subject
+from orchestration.offers import dispatch_subject, withdraw_subject
+from orchestration.telemetry import trace_headers
 from orchestration.objectstore import request_key
 from orchestration.streams import last_event
 from orchestration.workflows import INFERENCE_WORKFLOW
 from proxy.errors import APIError, NotFound, ServiceUnavailable
 from proxy.runtime import Runtime
+from proxy.sse import frame_id
 from schemas.catalog import ModelEntry
 from schemas.events import Cancelled, Delta, Failed, Finished
-from schemas.jobs import WorkflowInput
+from schemas.jobs import CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, Dispatch, DispatchReply, WorkflowInput
 from schemas.openai import ErrorBody, Usage
 
 TENANT = SearchAttributeKey.for_keyword("SwitchyardTenant")
@@ -42,6 +47,8 @@ SEARCH_ATTRIBUTES = {"SwitchyardTenant": "Keyword"}
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 log = structlog.get_logger("switchyard.proxy")
 _encoder = msgspec.json.Encoder()
+_reply_decoder = msgspec.json.Decoder(DispatchReply)
+DISPATCH_WAIT_S = 1.0
 
 
 class IdempotencyConflict(APIError):
@@ -76,24 +83,66 @@ class JobMemo(msgspec.Struct, omit_defaults=True):
     stage: str = ""  # the pipeline stage running now (upserted by the workflow)
 
 
-async def start_job(rt: Runtime, inp: WorkflowInput, model: ModelEntry, memo: JobMemo) -> bool:
+async def start_job(rt: Runtime, inp: WorkflowInput, model: ModelEntry, memo: JobMemo,
+                    direct: bool = False) -> bool:
     """Starts the job; False when an idempotent repeat of an existing job (same tenant, same body),
-    and then `memo.created` is set to the existing job's, so a repeat answers with the same object."""
-    t = model.timeouts
-    run_timeout = t.schedule_to_start_s + (t.start_to_close_s + 60) * model.retry.maximum_attempts
+    and then `memo.created` is set to the existing job's, so a repeat answers with the same object.
+
+    `direct`: offer the generation to a worker first (orchestration.dispatch), so the engine call
+    starts while the workflow is being started. The workflow has no execution timeout: every stage
+    is bounded by its own timeouts, and a job always runs its ending (terminal event, settlement,
+    webhook)."""
     job_id = inp.inference.job_id
-    inp = await claim_check(rt, inp)
+    try:
+        inp = await claim_check(rt, inp)
+    except BaseException:
+        await release_admission(rt, inp)
+        raise
+    if direct and not inp.then and not inp.inference.body_ref:
+        inp = await offer_run(rt, inp)
+    try:
+        return await _start_workflow(rt, inp, model, memo)
+    except BaseException:
+        if inp.dispatched_to:
+            await rt.nc.publish(withdraw_subject(job_id), b"")
+        raise
+
+
+def goes_direct(headers, endpoint: str) -> bool:
+    """Whether a new job's generation is offered to a worker before its workflow starts. Not with an
+    Idempotency-Key: the workflow start is what tells a repeat, and it must come first."""
+    return headers.get("idempotency-key") is None and endpoint in (CHAT_ENDPOINT, COMPLETIONS_ENDPOINT)
+
+
+async def offer_run(rt: Runtime, inp: WorkflowInput) -> WorkflowInput:
+    """Offers the generation to the workers of the model's queue; the input names the adopting
+    worker's queue when one took it, and is unchanged when none could (the job then waits in
+    Temporal's queue: backpressure by pull)."""
+    job_id = inp.inference.job_id
+    try:
+        reply = await rt.nc.request(dispatch_subject(inp.task_queue), _encoder.encode(Dispatch(inp.inference, trace_headers())),
+                                    timeout=DISPATCH_WAIT_S)
+        queue = _reply_decoder.decode(reply.data).queue
+    except NoRespondersError:
+        return inp
+    except (TimeoutError, msgspec.DecodeError, NatsError):
+        await rt.nc.publish(withdraw_subject(job_id), b"")  # a worker may have taken it late
+        return inp
+    return msgspec.structs.replace(inp, dispatched_to=queue) if queue else inp
+
+
+async def _start_workflow(rt: Runtime, inp: WorkflowInput, model: ModelEntry, memo: JobMemo) -> bool:
+    job_id = inp.inference.job_id
     try:
         await rt.temporal.start_workflow(
-            INFERENCE_WORKFLOW, inp, id=job_id, task_queue=model.task_queue,
+            INFERENCE_WORKFLOW, inp, id=job_id, task_queue=rt.settings.workflow_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            execution_timeout=timedelta(seconds=run_timeout),
             search_attributes=TypedSearchAttributes([SearchAttributePair(TENANT, memo.tenant)]),
             memo=msgspec.to_builtins(memo),
             priority=Priority(priority_key=inp.priority) if inp.priority else Priority.default)
         return True
     except WorkflowAlreadyStartedError:
-        await _release(rt, inp)  # a repeat runs nothing: its reservation goes back
+        await release_admission(rt, inp)  # a repeat runs nothing: its reservation goes back
         existing = await _memo_of(rt, job_id)
         if existing is None or existing.tenant != memo.tenant or existing.body_hash != memo.body_hash:
             raise IdempotencyConflict("This Idempotency-Key was already used with a different request.",
@@ -101,13 +150,14 @@ async def start_job(rt: Runtime, inp: WorkflowInput, model: ModelEntry, memo: Jo
         memo.created = existing.created
         return False
     except Exception as exc:
-        await _release(rt, inp)
+        await release_admission(rt, inp)
         log.error("workflow_start_failed", error_type=type(exc).__name__)
         raise ServiceUnavailable("The job could not be started; please retry.",
                                  code="orchestrator_unavailable") from None
 
 
-async def _release(rt: Runtime, inp: WorkflowInput) -> None:
+async def release_admission(rt: Runtime, inp: WorkflowInput) -> None:
+    """Gives an admitted job's reservation back when it will not run."""
     if inp.admission is not None and rt.limiter is not None:
         from proxy.limits import Admission
 
@@ -206,7 +256,7 @@ async def _view(rt: Runtime, job_id: str, desc: WorkflowExecutionDescription, me
     view = JobView(id=job_id, endpoint=memo.endpoint, model=memo.model, status="queued", stage="queued",
                    created_at=memo.created, attempts=attempts, metadata=memo.metadata, pii=memo.pii,
                    stages=memo.stages,
-                   last_event_id=event.seq if event else 0,
+                   last_event_id=frame_id(event.seq) if event else 0,
                    result_url=f"/v1/jobs/{job_id}/result", events_url=f"/v1/jobs/{job_id}/events")
     if event is not None:
         view.started_at = int(desc.start_time.timestamp())

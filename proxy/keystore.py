@@ -29,9 +29,10 @@ from typing import Any
 import msgspec
 import structlog
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from orchestration.streams import ensure_kv
 from proxy.auth import KeyRing, Principal
 from proxy.errors import Conflict, InvalidRequest, NotFound
 from schemas.tenancy import NO_LIMITS, KeyRecord, Limits, Tenant
@@ -59,16 +60,10 @@ def key_digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-async def ensure_bucket(js: JetStreamContext, bucket: str, **config: Any) -> KeyValue:
-    """Opens a KV bucket, creating it on first use (safe when several replicas race to create it)."""
-    try:
-        return await js.key_value(bucket)
-    except BucketNotFoundError:
-        pass
-    try:
-        return await js.create_key_value(bucket=bucket, **config)
-    except Exception:
-        return await js.key_value(bucket)  # created by someone else meanwhile
+async def ensure_bucket(js: JetStreamContext, bucket: str, *, replicas: int = 1, **config: Any) -> KeyValue:
+    """Opens a KV bucket, creating it on first use (safe when several replicas race to create it),
+    with `replicas` copies (SWITCHYARD_NATS_REPLICAS; an existing bucket is scaled to it)."""
+    return await ensure_kv(js, bucket, replicas=replicas, **config)
 
 
 def _principal(rec: KeyRecord, tenant: Tenant) -> Principal:
@@ -108,9 +103,10 @@ class KeyStore:
     # ---- lifecycle ------------------------------------------------------------------------------
     @classmethod
     async def open(cls, js: JetStreamContext, *, bootstrap: KeyRing | None = None,
-                   clock: Callable[[], float] = time.time, sync_timeout: float = 10.0) -> "KeyStore":
-        tenants = await ensure_bucket(js, BUCKET_TENANTS, history=1)
-        keys = await ensure_bucket(js, BUCKET_KEYS, history=1)
+                   clock: Callable[[], float] = time.time, sync_timeout: float = 10.0,
+                   replicas: int = 1) -> "KeyStore":
+        tenants = await ensure_bucket(js, BUCKET_TENANTS, replicas=replicas, history=1)
+        keys = await ensure_bucket(js, BUCKET_KEYS, replicas=replicas, history=1)
         store = cls(tenants, keys, bootstrap, clock)
         await store._start(sync_timeout)
         if bootstrap is not None:

@@ -318,9 +318,9 @@ class Limiter:
 
     @classmethod
     async def open(cls, js: JetStreamContext, *, clock: Callable[[], float] = time.time,
-                   lease_s: float = DEFAULT_LEASE_S) -> "Limiter":
-        limits_kv = await ensure_bucket(js, BUCKET_LIMITS, history=1, ttl=40 * 86400)
-        usage_kv = await ensure_bucket(js, BUCKET_USAGE, history=1, ttl=400 * 86400)
+                   lease_s: float = DEFAULT_LEASE_S, replicas: int = 1) -> "Limiter":
+        limits_kv = await ensure_bucket(js, BUCKET_LIMITS, replicas=replicas, history=1, ttl=40 * 86400)
+        usage_kv = await ensure_bucket(js, BUCKET_USAGE, replicas=replicas, history=1, ttl=400 * 86400)
         return cls(limits_kv, usage_kv, clock, lease_s)
 
     # ---- compare-and-set on one scope ------------------------------------------------------------
@@ -449,11 +449,28 @@ class Limiter:
                           (_give_back(s, limits, admission, actual, undo=False), None))
             else:
                 change = lambda s, t: (_record(s, actual), None)  # noqa: E731
+            # One marker per admission and scope, taken before the change: a replayed settlement
+            # (a redelivery, another replica, a partial failure retried) never applies a scope twice.
+            marker = f"settled.{admission.id}.{key[0]}"
+            try:
+                await self._kv.create(marker, b"")
+            except KeyWrongLastSequenceError:
+                continue  # this scope was settled already
+            except Exception as exc:
+                ok = False
+                log.warning("limits_settle_failed", error_type=type(exc).__name__)
+                continue
             try:
                 await self._mutate(key, limits, change)
             except Exception as exc:
                 ok = False
                 log.warning("limits_settle_failed", error_type=type(exc).__name__)
+                try:
+                    await self._kv.delete(marker)  # so the redelivered settlement applies it
+                except Exception:
+                    pass
+        if not ok:
+            admission.settled = False
         return ok
 
     # ---- reports ----------------------------------------------------------------------------------

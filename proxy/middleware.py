@@ -10,8 +10,9 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.auth import KeyRing, bearer_token
-from proxy.errors import Unauthorized, envelope_bytes
+from proxy.errors import APIError, HeaderFieldsTooLarge, Unauthorized, envelope_bytes
 
+MAX_HEADER_BYTES = 32 * 1024  # all request header fields together: name + value + 4 (": ", CRLF) each
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 log = structlog.get_logger("switchyard.proxy")
 
@@ -54,6 +55,35 @@ class RequestIdMiddleware:
             structlog.contextvars.clear_contextvars()
 
 
+class HeaderLimitMiddleware:
+    """431 `request_header_fields_too_large` when an HTTP request's header fields exceed `limit`
+    bytes in all. (The server has buffered them by now; proxy.protocol refuses them while they
+    arrive, where uvicorn runs with it.)"""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_HEADER_BYTES):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.limit:
+            await send_error(send, header_fields_too_large(self.limit))
+            return
+        await self.app(scope, receive, send)
+
+
+def header_fields_too_large(limit: int = MAX_HEADER_BYTES) -> HeaderFieldsTooLarge:
+    return HeaderFieldsTooLarge(f"The request's header fields are larger than the limit of {limit} bytes.")
+
+
+async def send_error(send: Send, exc: APIError) -> None:
+    """`exc` in OpenAI's envelope, sent straight from ASGI middleware."""
+    body = envelope_bytes(exc.body())
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               *((k.encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items())]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class AuthMiddleware:
     """Requires a valid bearer key on /v1/*; answers 401 in OpenAI's envelope otherwise."""
 
@@ -72,13 +102,8 @@ class AuthMiddleware:
         if principal is None:
             message = ("You didn't provide an API key. Pass it as 'Authorization: Bearer <key>'."
                        if token is None else "Incorrect API key provided.")
-            err = Unauthorized(message)
-            body = envelope_bytes(err.body())
-            await send({"type": "http.response.start", "status": 401,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode()),
-                                    (b"www-authenticate", b'Bearer realm="switchyard"')]})
-            await send({"type": "http.response.body", "body": body})
+            await send_error(send, Unauthorized(message,
+                                                headers={"www-authenticate": 'Bearer realm="switchyard"'}))
             return
         state = scope.setdefault("state", {})
         state["principal"] = principal

@@ -39,20 +39,22 @@ class Runtime:
         catalog = load_catalog(settings.catalog_path)
         temporal = await connect_temporal(settings.temporal_address, settings.namespace)
         await ensure_search_attributes(temporal, settings.namespace)
-        nc = await nats.connect(settings.nats_url, name="switchyard-proxy", max_reconnect_attempts=-1)
+        nc = await nats.connect(servers=list(settings.nats_servers), name="switchyard-proxy",
+                                max_reconnect_attempts=-1)
         js = nc.jetstream()
-        await ensure_stream(js)
-        secrets = await ensure_secrets_bucket(js)
+        replicas = settings.nats_replicas
+        await ensure_stream(js, replicas=replicas)
+        secrets = await ensure_secrets_bucket(js, replicas=replicas)
         from proxy.auth import KeyRing
         from proxy.keystore import KeyStore
         from proxy.limits import Limiter
         from proxy.settlement import run_settler
 
-        keystore = await KeyStore.open(js, bootstrap=KeyRing(settings.api_keys))
-        limiter = await Limiter.open(js)
+        keystore = await KeyStore.open(js, bootstrap=KeyRing(settings.api_keys), replicas=replicas)
+        limiter = await Limiter.open(js, replicas=replicas)
         rt = cls(settings, catalog, temporal, nc, js, secrets, objects=object_store_from_env(),
                  claim_check_bytes=claim_check_bytes(), keystore=keystore, limiter=limiter)
-        rt.settler = asyncio.ensure_future(run_settler(js, limiter))
+        rt.settler = asyncio.ensure_future(run_settler(js, limiter, replicas=replicas))
         return rt
 
     async def close(self) -> None:

@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from proxy.auth import Principal
 from proxy.chunks import ChunkWriter, CompletionAssembler
+from proxy.errors import InvalidRequest
 from proxy.runtime import Runtime
 from proxy.serving_flow import (
     PreparedJob,
@@ -20,14 +21,21 @@ from proxy.serving_flow import (
 )
 from schemas.catalog import ModelEntry
 from schemas.jobs import CHAT_ENDPOINT
-from schemas.openai import ChatCompletionRequest
+from schemas.openai import CONTENT_REQUIRED, ChatCompletionRequest
 
 CHAT = CHAT_ENDPOINT
 PreparedChat = PreparedJob
 
 
 def validate_chat(raw: dict[str, Any]) -> ChatCompletionRequest:
-    return convert_request(raw, ChatCompletionRequest)
+    """The body as a request, or a 400 naming the bad field: types, tools and content parts by the
+    struct, then what it cannot say: which roles must carry `content`."""
+    req = convert_request(raw, ChatCompletionRequest)
+    for i, message in enumerate(req.messages):
+        if message.content is None and message.role in CONTENT_REQUIRED:
+            raise InvalidRequest(f"Missing required parameter: 'messages[{i}].content'.",
+                                 param=f"messages[{i}].content", code="missing_required_parameter")
+    return req
 
 
 def check_limits(req: ChatCompletionRequest, model: ModelEntry) -> None:

@@ -21,11 +21,11 @@ from proxy.auth import Principal
 from proxy.body import read_json_body
 from proxy.chunks import ChunkWriter, CompletionAssembler, terminal_error
 from proxy.errors import InvalidRequest, NotFound, ServiceUnavailable, envelope_bytes
-from proxy.jobs import JobMemo, accepted_response, body_hash, new_job_id, prefers_async, start_job
+from proxy.jobs import JobMemo, accepted_response, cancel_job, goes_direct, body_hash, new_job_id, prefers_async, start_job
 from proxy.relay import EventFeed, first_batch
 from proxy.gatekeeping import admit_job
 from proxy.runtime import Runtime
-from proxy.sse import DONE, KEEPALIVE, SSEResponse, frame
+from proxy.sse import CHUNK, DONE_DATA, END, KEEPALIVE, SSEResponse, render
 from schemas.catalog import ModelEntry
 from schemas.events import Cancelled, Failed, JobEvent, Restarted, Started, is_terminal
 from schemas.jobs import (
@@ -38,9 +38,10 @@ from schemas.jobs import (
     InferenceInput,
     WorkflowInput,
 )
+from orchestration.workflows import ADOPT_SCHEDULE_TO_START_S, NO_CAPACITY
 from schemas.openai import ErrorBody
 
-NO_CAPACITY = "No worker picked up the request in time; please retry."
+QUEUE_GRACE_S = 5.0  # past the queue deadline, for the job's own no_capacity ending to arrive
 # What an endpoint needs of the model's engine (adapters.base capability names).
 CAPABILITY = {CHAT_ENDPOINT: "chat", COMPLETIONS_ENDPOINT: "completions", EMBEDDINGS_ENDPOINT: "embeddings",
               TRANSCRIPTIONS_ENDPOINT: "asr", TRANSLATIONS_ENDPOINT: "asr", SPEECH_ENDPOINT: "tts"}
@@ -57,11 +58,11 @@ def convert_request(raw: dict[str, Any], kind: type[T]) -> T:
 
 
 def _param_of(message: str) -> str | None:
-    if " - at `$." in message:
-        return message.rsplit(" - at `$.", 1)[1].rstrip("`")
-    if "missing required field `" in message:
-        return message.split("missing required field `", 1)[1].split("`", 1)[0]
-    return None
+    at = message.rsplit(" - at `$.", 1)[1].rstrip("`") if " - at `$." in message else None
+    if "missing required field `" in message:  # msgspec names the missing field and its parent
+        field = message.split("missing required field `", 1)[1].split("`", 1)[0]
+        return f"{at}.{field}" if at else field
+    return at
 
 
 def _describe(message: str) -> str:
@@ -169,10 +170,10 @@ async def serve_job(request: Request, rt: Runtime, job: PreparedJob, chunks: Chu
     request.state.job_id = job.job_id
     job = await admit_job(request, rt, request.state.principal, job)
     if prefers_async(request):
-        await start_job(rt, job.inp, job.model, job.memo)
+        await start_job(rt, job.inp, job.model, job.memo, direct=goes_direct(request.headers, job.memo.endpoint))
         return await accepted_response(rt, job.job_id, job.memo.tenant, prefer_applied=True)
 
-    feed = await open_and_start(rt, job)
+    feed = await open_and_start(rt, job, goes_direct(request.headers, job.memo.endpoint))
     chunks.created = job.memo.created  # an idempotent repeat's: the existing job's
     job_id, model = job.job_id, job.model
     headers = {"x-job-id": job_id}
@@ -207,8 +208,8 @@ async def opening_batch(rt: Runtime, feed: EventFeed, first: asyncio.Future, job
         batch = await first
     except asyncio.TimeoutError:
         await feed.close()
-        await terminate_quietly(rt, job_id, "no worker picked up the job in time")
-        raise ServiceUnavailable(NO_CAPACITY, code="no_capacity", headers=headers) from None
+        await give_up(rt, job_id)
+        raise ServiceUnavailable(NO_CAPACITY, code="no_capacity", headers={**headers, "retry-after": "1"}) from None
     except BaseException:
         first.cancel()
         await feed.close()
@@ -220,10 +221,10 @@ async def opening_batch(rt: Runtime, feed: EventFeed, first: asyncio.Future, job
     return batch
 
 
-async def open_and_start(rt: Runtime, job: PreparedJob) -> EventFeed:
-    opening = asyncio.ensure_future(EventFeed.open(rt.js, job.job_id, model=job.model.id))
+async def open_and_start(rt: Runtime, job: PreparedJob, direct: bool = False) -> EventFeed:
+    opening = asyncio.ensure_future(EventFeed.open(rt.js, job.job_id, model=job.model.id, fresh=True))
     try:
-        await start_job(rt, job.inp, job.model, job.memo)
+        started = await start_job(rt, job.inp, job.model, job.memo, direct=direct)
     except BaseException:
         opening.cancel()
         await asyncio.gather(opening, return_exceptions=True)
@@ -231,18 +232,27 @@ async def open_and_start(rt: Runtime, job: PreparedJob) -> EventFeed:
             await opening.result().close()
         raise
     try:
-        return await opening
+        feed = await opening
     except Exception:
+        raise ServiceUnavailable("The event stream is unavailable; please retry.",
+                                 code="events_unavailable") from None
+    try:
+        if not started:  # an idempotent repeat: the job's events so far are stored
+            await feed.backfill()
+        return feed
+    except Exception:
+        await feed.close()
         raise ServiceUnavailable("The event stream is unavailable; please retry.",
                                  code="events_unavailable") from None
 
 
 async def first_events(rt: Runtime, feed: EventFeed, job_id: str, model: ModelEntry) -> list[JobEvent]:
-    """Waits for the job's first event. Past the queue deadline, keeps waiting only while a worker
-    holds the job (a long prompt's prefill, a retry's backoff); a job nobody picked up times out."""
+    """Waits for the job's first event. A job nobody picks up ends itself at its queue deadline
+    (`no_capacity`); past that deadline this keeps waiting only while a worker holds the job (a long
+    prompt's prefill, a retry's backoff)."""
     t = model.timeouts
     try:
-        return await first_batch(feed, t.schedule_to_start_s)
+        return await first_batch(feed, t.schedule_to_start_s + ADOPT_SCHEDULE_TO_START_S + QUEUE_GRACE_S)
     except asyncio.TimeoutError:
         if not await job_is_moving(rt, job_id):
             raise
@@ -260,9 +270,10 @@ async def job_is_moving(rt: Runtime, job_id: str) -> bool:
                for pa in desc.raw_description.pending_activities)
 
 
-async def terminate_quietly(rt: Runtime, job_id: str, reason: str) -> None:
+async def give_up(rt: Runtime, job_id: str) -> None:
+    """Cancels a job that did not end itself in time: its workflow still settles and notifies."""
     try:
-        await rt.temporal.get_workflow_handle(job_id).terminate(reason=reason)
+        await cancel_job(rt, job_id)
     except Exception:
         pass
 
@@ -275,9 +286,9 @@ async def late_stream(rt: Runtime, feed: EventFeed, first: asyncio.Future, chunk
             await asyncio.wait({first}, timeout=keepalive_s)
         batch = first.result()
     except asyncio.TimeoutError:
-        await terminate_quietly(rt, chunks.job_id, "no worker picked up the job in time")
-        yield frame(envelope_bytes(ErrorBody(message=NO_CAPACITY, type="server_error",
-                                             code="no_capacity"))) + DONE
+        await give_up(rt, chunks.job_id)
+        error = envelope_bytes(ErrorBody(message=NO_CAPACITY, type="server_error", code="no_capacity"))
+        yield render(feed.last_seq + 1, [(CHUNK, None, error), (END, None, DONE_DATA)])
         return
     finally:
         if not first.done():
@@ -292,7 +303,7 @@ async def stream_events(feed: EventFeed, batch: list[JobEvent], chunks: ChunkWri
         out = b"".join(chunks.frames(e) for e in batch)
         if out:
             yield out
-        if any(is_terminal(e) or isinstance(e, Restarted) for e in batch):
+        if feed.ended or any(isinstance(e, Restarted) for e in batch):
             return
         try:
             batch = await feed.next_batch(timeout=keepalive_s)
@@ -307,6 +318,8 @@ async def collect(feed: EventFeed, batch: list[JobEvent], assembler: CompletionA
             completion = assembler.add(event)
             if completion is not None:
                 return completion
+        if feed.ended:
+            raise ServiceUnavailable("The job ended without a result; please retry.", code="job_incomplete")
         try:
             batch = await feed.next_batch(timeout=60.0)
         except TimeoutError:

@@ -1,4 +1,5 @@
-"""/healthz (liveness only) and /readyz (Temporal and NATS reachable)."""
+"""/healthz (liveness only) and /readyz (Temporal, NATS and the object store reachable; the keystore
+watch and the settler running)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ async def readyz(request: Request) -> JSONResponse:
             checks["object_store"] = "ok"
         except Exception as exc:
             checks["object_store"] = f"failed: {type(exc).__name__}"
+    if rt.keystore is not None:
+        checks["keystore_watch"] = "ok" if rt.keystore.alive() else "failed: stopped"
+    if rt.settler is not None:
+        checks["settler"] = "ok" if not rt.settler.done() else "failed: stopped"
     failed = [k for k, v in checks.items() if v != "ok"]
     return JSONResponse({"status": "ready" if not failed else "not_ready", "checks": checks,
                          "failed": failed}, status_code=200 if not failed else 503)

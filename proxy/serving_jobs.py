@@ -10,9 +10,10 @@ from starlette.responses import Response
 
 from proxy.body import read_json_body
 from proxy.chunks import ChunkWriter, assembler_for, terminal_error, writer_for
-from proxy.errors import APIError, InvalidRequest
-from proxy.jobs import Job, JobView, accepted_response, etag_of, list_jobs, load_job, start_job
-from proxy.relay import EventFeed
+from proxy.errors import APIError, InvalidRequest, ServiceUnavailable
+from proxy.jobs import (Job, JobView, accepted_response, etag_of, goes_direct, list_jobs, load_job,
+                        release_admission, start_job)
+from proxy.relay import EventFeed, parse_event_id
 from proxy.gatekeeping import admit_job
 from proxy.runtime import Runtime
 from proxy.serving_audio import SPEECH, prepare_speech
@@ -20,7 +21,7 @@ from proxy.serving_chat import CHAT, prepare_chat
 from proxy.serving_completions import COMPLETIONS, prepare_completion
 from proxy.results import stored_result
 from proxy.serving_embeddings import EMBEDDINGS, prepare_embedding
-from proxy.sse import KEEPALIVE, SSEResponse
+from proxy.sse import CHUNK, KEEPALIVE, LIFECYCLE, Part, SSEResponse, frame_id, render, resume_seq
 from orchestration.streams import read_events
 from orchestration.webhooks import WebhookTargetError, check_target, parse_secret
 from schemas.events import Cancelled, Delta, Failed, Finished, JobEvent, Restarted, Started
@@ -84,8 +85,13 @@ async def create_job(request: Request) -> Response:
     request.state.model, request.state.job_id = chat.model.id, chat.job_id
     chat = await admit_job(request, rt, request.state.principal, chat)
     if spec.webhook is not None:
-        await rt.webhook_secrets.put(chat.job_id, spec.webhook.secret.encode())
-    await start_job(rt, chat.inp, chat.model, chat.memo)
+        try:
+            await rt.webhook_secrets.put(chat.job_id, spec.webhook.secret.encode())
+        except Exception:
+            await release_admission(rt, chat.inp)
+            raise ServiceUnavailable("The webhook secret could not be stored; please retry.",
+                                     code="events_unavailable") from None
+    await start_job(rt, chat.inp, chat.model, chat.memo, direct=goes_direct(request.headers, spec.endpoint))
     return await accepted_response(rt, chat.job_id, chat.memo.tenant)
 
 
@@ -158,40 +164,35 @@ async def list_all(request: Request) -> Response:
 async def events(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     job = await _job(request)
-    after_raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-    try:
-        after = int(after_raw)
-    except ValueError:
-        raise InvalidRequest("Last-Event-ID / after must be an event id (an integer).", param="after") from None
-    feed = await EventFeed.open(rt.js, job.view.id, after_seq=after)
-    chunks = writer_for(job.memo.endpoint, job.view.id, job.memo.model, job.memo.created, True)
+    after_id = parse_event_id(request.headers.get("last-event-id") or request.query_params.get("after") or "0")
+    feed = await EventFeed.open(rt.js, job.view.id, after_seq=resume_seq(after_id))
+    chunks = writer_for(job.memo.endpoint, job.view.id, job.memo.model, job.memo.created, True, after_id)
     return SSEResponse(_job_stream(feed, chunks, rt.settings.keepalive_s, job.view),
                        {"x-job-id": job.view.id}, on_close=feed.close)
 
 
-def job_frames(event: JobEvent, chunks: ChunkWriter) -> bytes:
+def job_parts(event: JobEvent, chunks: ChunkWriter) -> list[Part]:
     """The jobs stream: chunk events unnamed (as OpenAI's), lifecycle events named `job.*`."""
-    sid = str(event.seq).encode()
     if isinstance(event, Delta):
-        return b"id: " + sid + b"\ndata: " + chunks.delta_chunk(event) + b"\n\n"
+        return [(CHUNK, None, chunks.delta_chunk(event))]
     if isinstance(event, Finished):
         body = {"status": "succeeded", "finish_reason": event.finish_reason, "usage": event.usage}
-        return chunks.finish_frames(event) + _named("job.succeeded", sid, body)
+        return chunks.finish_parts(event) + [_named("job.succeeded", body)]
     if isinstance(event, Started):
-        running = {"status": "running", "attempt": event.attempt, "resumed_from": event.resumed_from}
+        running = {"status": "running", "attempt": event.attempt, "resumed_from": frame_id(event.resumed_from)}
         if event.stage:
             running["stage"] = event.stage
-        return _named("job.running", sid, running)
+        return [_named("job.running", running)]
     if isinstance(event, Restarted):
-        return _named("job.restarted", sid, {"status": "running", "attempt": event.attempt, "reason": event.reason})
+        return [_named("job.restarted", {"status": "running", "attempt": event.attempt, "reason": event.reason})]
     if isinstance(event, Cancelled):
-        return _named("job.cancelled", sid, {"status": "cancelled", "reason": event.reason})
+        return [_named("job.cancelled", {"status": "cancelled", "reason": event.reason})]
     assert isinstance(event, Failed)
-    return _named("job.failed", sid, {"status": "failed", "error": terminal_error(event).body()})
+    return [_named("job.failed", {"status": "failed", "error": terminal_error(event).body()})]
 
 
-def _named(name: str, sid: bytes, body: Any) -> bytes:
-    return b"id: " + sid + b"\nevent: " + name.encode() + b"\ndata: " + _encoder.encode(body) + b"\n\n"
+def _named(name: str, body: Any) -> Part:
+    return LIFECYCLE, name.encode(), _encoder.encode(body)
 
 
 async def _job_stream(feed: EventFeed, chunks: ChunkWriter, keepalive_s: float,
@@ -200,14 +201,13 @@ async def _job_stream(feed: EventFeed, chunks: ChunkWriter, keepalive_s: float,
         try:
             batch = await feed.next_batch(timeout=keepalive_s)
         except TimeoutError:
-            if view.finished and view.error is not None and view.last_event_id <= feed.last_seq:
+            if view.finished and view.error is not None and view.last_event_id <= frame_id(feed.last_seq):
                 # Ended without a terminal event of its own (stopped before any worker took it).
-                sid = str(feed.last_seq + 1).encode()
-                yield _named("job.failed", sid, {"status": "failed", "error": view.error})
+                yield render(feed.last_seq + 1, [_named("job.failed", {"status": "failed", "error": view.error})])
                 return
             yield KEEPALIVE
             continue
-        out = b"".join(job_frames(e, chunks) for e in batch)
+        out = b"".join(render(e.seq, job_parts(e, chunks), chunks.after_id) for e in batch)
         if out:
             yield out
         if feed.ended:

@@ -14,10 +14,12 @@ import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from proxy.auth import Principal
+from proxy.body import decode_json_object
 from proxy.chunks import ChunkWriter, terminal_error, writer_for
 from proxy.errors import APIError, InvalidRequest
 from proxy.jobs import cancel_job, load_job, start_job
-from proxy.relay import EventFeed
+from proxy.relay import EventFeed, parse_event_id
+from proxy.sse import frame_id, resume_seq
 from proxy.gatekeeping import admit_job
 from proxy.runtime import Runtime
 from proxy.serving_chat import CHAT
@@ -85,7 +87,7 @@ class Session:
             job = await load_job(self.rt, str(msg.get("job_id", "")), self.principal.tenant)
             self.jobs[client_id] = job.view.id
             self._follow(client_id, job.view.id, job.memo.endpoint, job.memo.model, job.memo.created,
-                         int(msg.get("after", 0)))
+                         parse_event_id(msg.get("after", 0)))
         elif kind == "cancel":
             job_id = self.jobs.get(client_id)
             if job_id is None:
@@ -101,29 +103,33 @@ class Session:
         task.add_done_callback(lambda _: self.tasks.pop(client_id, None))
 
     async def _relay(self, client_id: str, job_id: str, chunks: ChunkWriter, after: int) -> None:
-        feed = await EventFeed.open(self.rt.js, job_id, after_seq=after)
+        feed = await EventFeed.open(self.rt.js, job_id, after_seq=resume_seq(after))
         try:
-            while not feed.ended:
+            while True:
                 try:
                     batch = await feed.next_batch(timeout=30)
                 except TimeoutError:
                     continue
                 for event in batch:
-                    self.send(self._message(client_id, event, chunks))
+                    if frame_id(event.seq) > after:
+                        self.send(self._message(client_id, event, chunks))
+                if feed.ended:
+                    break
             self.send({"type": "done", "id": client_id, "job_id": job_id})
         finally:
             await feed.close()
 
     @staticmethod
     def _message(client_id: str, event: JobEvent, chunks: ChunkWriter) -> dict[str, Any]:
-        base = {"type": "event", "id": client_id, "seq": event.seq}
+        base = {"type": "event", "id": client_id, "seq": frame_id(event.seq)}
         if isinstance(event, Delta):
             return {**base, "event": "chunk", "data": msgspec.json.decode(chunks.delta_chunk(event))}
         if isinstance(event, Finished):
             return {**base, "event": "job.succeeded",
                     "data": {"finish_reason": event.finish_reason, "usage": event.usage}}
         if isinstance(event, Started):
-            return {**base, "event": "job.running", "data": {"attempt": event.attempt}}
+            return {**base, "event": "job.running",
+                    "data": {"attempt": event.attempt, "resumed_from": frame_id(event.resumed_from)}}
         if isinstance(event, Restarted):
             return {**base, "event": "job.restarted", "data": {"reason": event.reason}}
         if isinstance(event, Cancelled):
@@ -156,13 +162,10 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     try:
         while True:
             raw = await ws.receive_text()
+            msg = None
             try:
-                msg = _decoder.decode(raw)
-                if not isinstance(msg, dict):
-                    raise InvalidRequest("Each message must be a JSON object.")
+                msg = decode_json_object(raw.encode())
                 await session.handle(msg)
-            except msgspec.DecodeError:
-                session.error(None, InvalidRequest("Messages must be JSON.", code="invalid_json"))
             except APIError as exc:
                 session.error(msg.get("id") if isinstance(msg, dict) else None, exc)
     except WebSocketDisconnect:

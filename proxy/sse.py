@@ -15,6 +15,35 @@ KEEPALIVE = b": keep-alive\n"
 DONE = b"data: [DONE]\n\n"
 
 
+# Every frame a job event can render has a fixed slot, and frame ids are seq * FRAMES_PER_EVENT +
+# slot. So each frame has its own id, ids only grow, an id names the same frame on every stream of
+# the job (an OpenAI endpoint's own stream shows the chunk, usage and [DONE] slots; the jobs stream
+# shows chunk, usage and the named `job.*` event), and a resume can start inside an event's frames.
+FRAMES_PER_EVENT = 4
+CHUNK, USAGE, LIFECYCLE, END = range(FRAMES_PER_EVENT)
+DONE_DATA = b"[DONE]"
+Part = tuple[int, bytes | None, bytes]  # (slot, event name or None for an unnamed event, data)
+
+
+def frame_id(seq: int, slot: int = 0) -> int:
+    return seq * FRAMES_PER_EVENT + slot
+
+
+def resume_seq(after_id: int) -> int:
+    """The feed position for a resume after frame `after_id`: the event holding that frame is read
+    again, and its frames up to `after_id` are skipped (`render`)."""
+    return max(0, after_id // FRAMES_PER_EVENT - 1)
+
+
+def render(seq: int, parts: list[Part], after_id: int = -1) -> bytes:
+    out = []
+    for slot, name, data in parts:
+        i = frame_id(seq, slot)
+        if i > after_id:
+            out.append(b"id: %d\n%sdata: %s\n\n" % (i, b"event: " + name + b"\n" if name else b"", data))
+    return b"".join(out)
+
+
 def frame(data: bytes, event_id: int | None = None) -> bytes:
     if event_id is None:
         return b"data: " + data + b"\n\n"

@@ -51,6 +51,8 @@ class InferenceInput(msgspec.Struct, frozen=True):
     stage: str = ""
     stage_index: int = 0
     final: bool = True
+    continuing: bool = False  # output may have been delivered already (a dispatched run taken over)
+    withdraw: bool = False  # the dispatched run may still be alive somewhere: stop it first
 
 
 class PipelineStep(msgspec.Struct, frozen=True):
@@ -73,6 +75,26 @@ class WorkflowInput(msgspec.Struct, frozen=True):
     prompt_estimate: int = 0
     priority: int = 0  # Temporal priority key (1 most urgent .. 5); 0: the server's default
     then: tuple[PipelineStep, ...] = ()  # a pipeline's later stages, run in order
+    # The worker's own queue when the proxy dispatched the generation straight to a worker: the
+    # workflow adopts that run there, and takes over on `task_queue` if it cannot.
+    dispatched_to: str = ""
+
+
+class Dispatch(msgspec.Struct, frozen=True):
+    """The proxy's offer of a generation to the workers of a queue (core NATS request)."""
+
+    inference: InferenceInput
+    trace: dict[str, str] = {}  # the request's trace context (`traceparent`), for the run's span
+
+
+class DispatchReply(msgspec.Struct, frozen=True):
+    """A worker's answer: `queue` is its own adoption queue when it took the run, "" when full."""
+
+    queue: str = ""
+
+
+class AdoptInput(msgspec.Struct, frozen=True):
+    job_id: str
 
 
 class InferenceSummary(msgspec.Struct):

@@ -15,13 +15,70 @@ Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 
 
+# Content parts, told apart by `type`; fields not named here are tolerated and passed on.
+class TextPart(msgspec.Struct, tag_field="type", tag="text"):
+    text: str
+
+
+class ImageURL(msgspec.Struct, omit_defaults=True):
+    url: str
+    detail: Union[str, UnsetType] = UNSET
+
+
+class ImagePart(msgspec.Struct, tag_field="type", tag="image_url"):
+    image_url: ImageURL
+
+
+class InputAudio(msgspec.Struct):
+    data: str
+    format: str
+
+
+class InputAudioPart(msgspec.Struct, tag_field="type", tag="input_audio"):
+    input_audio: InputAudio
+
+
+class FilePart(msgspec.Struct, tag_field="type", tag="file"):
+    file: dict[str, Any]
+
+
+class RefusalPart(msgspec.Struct, tag_field="type", tag="refusal"):
+    refusal: str
+
+
+class AudioURLPart(msgspec.Struct, tag_field="type", tag="audio_url"):  # a vLLM extension
+    audio_url: dict[str, Any]
+
+
+class VideoURLPart(msgspec.Struct, tag_field="type", tag="video_url"):  # a vLLM extension
+    video_url: dict[str, Any]
+
+
+ContentPart = Union[TextPart, ImagePart, InputAudioPart, FilePart, RefusalPart, AudioURLPart, VideoURLPart]
+# Roles whose messages must carry `content` (an assistant's may be null when it made tool calls).
+CONTENT_REQUIRED: frozenset[str] = frozenset({"system", "developer", "user", "tool"})
+
+
 class ChatMessage(msgspec.Struct, omit_defaults=True):
     role: Role
-    # str, a list of content parts, or null (assistant messages with tool calls)
-    content: Union[str, list[dict[str, Any]], None] = None
+    # str, a list of content parts, or null (assistant messages with tool calls); required for the
+    # roles in CONTENT_REQUIRED, which the serving layer checks
+    content: Union[str, list[ContentPart], None] = None
     name: Union[str, UnsetType] = UNSET
     tool_calls: Union[list[dict[str, Any]], UnsetType] = UNSET
     tool_call_id: Union[str, UnsetType] = UNSET
+
+
+class FunctionDefinition(msgspec.Struct, omit_defaults=True):
+    name: Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: Union[str, None, UnsetType] = UNSET
+    parameters: Union[dict[str, Any], None, UnsetType] = UNSET  # a JSON Schema object
+    strict: Union[bool, None, UnsetType] = UNSET
+
+
+class Tool(msgspec.Struct, omit_defaults=True):
+    type: Literal["function"]
+    function: FunctionDefinition
 
 
 class StreamOptions(msgspec.Struct, omit_defaults=True):
@@ -45,7 +102,7 @@ class ChatCompletionRequest(msgspec.Struct, omit_defaults=True, forbid_unknown_f
     frequency_penalty: Union[Penalty, None, UnsetType] = UNSET
     seed: Union[int, None, UnsetType] = UNSET
     user: Union[str, UnsetType] = UNSET
-    tools: Union[list[dict[str, Any]], None, UnsetType] = UNSET
+    tools: Union[list[Tool], None, UnsetType] = UNSET
     tool_choice: Union[str, dict[str, Any], None, UnsetType] = UNSET
     response_format: Union[dict[str, Any], None, UnsetType] = UNSET
     logprobs: Union[bool, None, UnsetType] = UNSET

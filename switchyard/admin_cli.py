@@ -58,26 +58,34 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
 async def _with_stores(fn: Callable[..., Awaitable[int]], need_limiter: bool = False) -> int:
     import nats
 
+    from orchestration.natsconfig import describe, replicas_from_env, servers_from_env
     from proxy.keystore import KeyStore
     from proxy.limits import Limiter
 
-    url = os.environ.get("SWITCHYARD_NATS_URL", "nats://127.0.0.1:4222")
+    try:
+        servers = servers_from_env(os.environ)
+        replicas = replicas_from_env(os.environ)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
     async def quiet(_exc: Exception) -> None:
         return None
 
     try:
+        # The listed servers are tried in turn: a node of the cluster that is down is passed over.
         nc = await asyncio.wait_for(
-            nats.connect(url, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=1,
-                         reconnect_time_wait=0.2,
-                         name="switchyard-cli", error_cb=quiet), 5)
+            nats.connect(servers=list(servers), connect_timeout=3, allow_reconnect=False,
+                         max_reconnect_attempts=1, reconnect_time_wait=0.2,
+                         name="switchyard-cli", error_cb=quiet), 5 + 3 * (len(servers) - 1))
     except Exception as exc:
-        print(f"error: cannot reach NATS at {url} ({type(exc).__name__})", file=sys.stderr)
+        print(f"error: cannot reach NATS at {describe(servers)} ({type(exc).__name__})", file=sys.stderr)
         return 2
     try:
         js = nc.jetstream()
-        store = await KeyStore.open(js)
+        store = await KeyStore.open(js, replicas=replicas)
         try:
-            limiter = await Limiter.open(js) if need_limiter else None
+            limiter = await Limiter.open(js, replicas=replicas) if need_limiter else None
             return await fn(store, limiter)
         finally:
             await store.close()

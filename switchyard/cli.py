@@ -32,6 +32,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import create_app
+    from proxy.protocol import EnvelopeHttpToolsProtocol
     from proxy.config import ProxySettings
     from proxy.logs import configure_logging
 
@@ -42,12 +43,13 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     setup_tracing("switchyard-proxy")  # OTEL_* variables
     load_catalog(settings.catalog_path)  # fail fast with the field named
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, loop="uvloop",
-                http="httptools", log_level="warning", access_log=False, timeout_keep_alive=30,
+                http=EnvelopeHttpToolsProtocol, log_level="warning", access_log=False, timeout_keep_alive=30,
                 timeout_graceful_shutdown=10)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from orchestration.natsconfig import replicas_from_env, servers_from_env
     from orchestration.webhooks import parse_allow_list
     from orchestration.worker import WorkerConfig, run_worker
     from proxy.logs import configure_logging
@@ -61,7 +63,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     config = WorkerConfig(
         temporal_address=os.environ.get("SWITCHYARD_TEMPORAL_ADDRESS", "127.0.0.1:7233"),
         namespace=os.environ.get("SWITCHYARD_TEMPORAL_NAMESPACE", "default"),
-        nats_url=os.environ.get("SWITCHYARD_NATS_URL", "nats://127.0.0.1:4222"),
+        nats_servers=servers_from_env(os.environ),
+        nats_replicas=replicas_from_env(os.environ),
         queues=queues,
         coalesce_s=float(os.environ.get("SWITCHYARD_COALESCE_MS", "5")) / 1000,
         cpu_queue=os.environ.get("SWITCHYARD_CPU_QUEUE", "cpu"),
@@ -83,7 +86,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from switchyard.stack import run_stack
 
-    return run_stack()
+    return run_stack(workers=args.workers, triton=not args.no_triton)
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
@@ -112,6 +115,13 @@ def new_key() -> str:
     return "sk-sy-" + secrets.token_urlsafe(32)
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchyard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run a Temporal worker for the catalog's task queues")
     w.add_argument("--queues", help="comma-separated task queues (default: all in the catalog)")
     w.set_defaults(fn=cmd_worker)
-    sub.add_parser("up", help="start the whole embedded stack in the foreground").set_defaults(fn=cmd_up)
+    up = sub.add_parser("up", help="start the whole embedded stack in the foreground, supervised")
+    up.add_argument("--workers", type=_positive, default=os.environ.get("SWITCHYARD_WORKERS", "2"),
+                    help="worker processes (default: $SWITCHYARD_WORKERS or 2)")
+    up.add_argument("--no-triton", action="store_true", help="do not start Triton even if installed")
+    up.set_defaults(fn=cmd_up)
     c = sub.add_parser("catalog", help="check or list the model catalog")
     c.add_argument("action", choices=["check", "validate", "list"],
                    help="check (alias: validate): validate FILE, naming the bad line and field; list: its models")

@@ -1,4 +1,4 @@
-"""`switchyard up`: Temporal, NATS, the default engine, a worker and the proxy, on this machine."""
+"""`switchyard up`: Temporal, NATS, the engines, workers and the proxy, supervised, on this machine."""
 
 from __future__ import annotations
 
@@ -7,22 +7,25 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from switchyard.processes import (
     ROOT,
-    Managed,
     free_port,
-    start_embedding_engine,
-    start_engine,
-    start_nats,
-    start_python,
+    spawn_embedding_engine,
+    spawn_engine,
+    spawn_nats,
+    spawn_temporal,
     spawn_triton,
-    start_temporal,
+    start_python,
     triton_installed,
+    wait_engine,
     wait_http,
+    wait_port,
     wait_triton,
 )
+from switchyard.supervisor import Supervisor
 
 
 def _port(env: str, saved: dict, key: str) -> int:
@@ -31,7 +34,9 @@ def _port(env: str, saved: dict, key: str) -> int:
     return saved.get(key) or free_port()
 
 
-def run_stack() -> int:
+def run_stack(workers: int = 2, triton: bool = True, grace: float = 2.0) -> int:
+    """Starts the stack and keeps it running (a crashed process is restarted) until SIGINT or
+    SIGTERM; then stops every process at once, SIGKILL for those still running after `grace`."""
     var = Path(os.environ.get("SWITCHYARD_VAR", ROOT / "var"))
     run_dir, log_dir = var / "run", var / "log"
     for pidfile in run_dir.glob("*.pid") if run_dir.exists() else []:
@@ -65,40 +70,38 @@ def run_stack() -> int:
         "SWITCHYARD_DEMO_KEY": key,
     }
     os.environ.update(env)
-    started: list[Managed] = []
-    stopping = False
-
-    def stop_all(*_: object) -> None:
-        nonlocal stopping
-        if stopping:
-            return
-        stopping = True
-        for m in reversed(started):
-            m.stop()
+    sup = Supervisor()
 
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even where a shell's `&` left it ignored
     try:
         t0 = time.monotonic()
-        triton = spawn_triton(ports["triton"], log_dir, run_dir) if triton_installed() else None
-        if triton is not None:  # it loads its models while the rest starts
-            started.append(triton)
-        started.append(start_temporal(ports["temporal"], var / "temporal.db", log_dir, run_dir))
-        started.append(start_nats(ports["nats"], var / "js", log_dir, run_dir))
-        started.append(start_engine(ports["engine"], log_dir, run_dir))
-        started.append(start_embedding_engine(ports["embed"], log_dir, run_dir))
-        if triton is not None:
-            wait_triton(triton)
+        with_triton = triton and triton_installed()
+        if with_triton:  # it loads its models while the rest starts
+            triton_proc = sup.add("triton", partial(spawn_triton, ports["triton"], log_dir, run_dir))
+        temporal = sup.add("temporal", partial(spawn_temporal, ports["temporal"], var / "temporal.db",
+                                               log_dir, run_dir))
+        nats = sup.add("nats", partial(spawn_nats, ports["nats"], var / "js", log_dir, run_dir))
+        engine = sup.add("engine", partial(spawn_engine, ports["engine"], log_dir, run_dir))
+        embed = sup.add("embed-engine", partial(spawn_embedding_engine, ports["embed"], log_dir, run_dir))
+        wait_port(temporal, ports["temporal"], 30)
+        wait_port(nats, ports["nats"], 15)
+        wait_engine(engine, ports["engine"])
+        wait_engine(embed, ports["embed"])
+        if with_triton:
+            wait_triton(triton_proc)
         else:
-            print("(no .cache/pytriton: the audio models and all-minilm-l6-v2 are not served; "
-                  "`make install` builds it)", file=sys.stderr)
-        started.append(start_python("worker", ["worker"], log_dir, run_dir, env))
-        proxy = start_python("proxy", ["proxy"], log_dir, run_dir, env)
-        started.append(proxy)
+            print("(no Triton: the audio models and all-minilm-l6-v2 are not served; "
+                  + ("--no-triton)" if triton else "`make install` builds .cache/pytriton)"), file=sys.stderr)
+        for i in range(1, workers + 1):
+            name = f"worker-{i}"
+            sup.add(name, partial(start_python, name, ["worker"], log_dir, run_dir, _worker_env(env, i)))
+        proxy = sup.add("proxy", partial(start_python, "proxy", ["proxy"], log_dir, run_dir, env))
         wait_http(proxy, f"http://127.0.0.1:{ports['proxy']}/healthz", 60)
         print(f"\nSwitchyard is up in {time.monotonic() - t0:.1f}s\n"
               f"  base URL : http://127.0.0.1:{ports['proxy']}/v1\n"
               f"  API key  : {key}\n"
+              f"  workers  : {workers} (a crashed process is restarted)\n"
               f"  logs     : {log_dir}/\n"
               f"Try: curl -N http://127.0.0.1:{ports['proxy']}/v1/chat/completions "
               f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
@@ -108,11 +111,8 @@ def run_stack() -> int:
               "-H 'Content-Type: application/json' -d '{\"model\":\"hibari-tts\",\"voice\":\"alloy\","
               "\"input\":\"Hello from Switchyard.\",\"response_format\":\"wav\"}' -o hello.wav\n"
               "Ctrl-C stops everything.", flush=True)
-        while all(m.alive() for m in started):
-            time.sleep(0.5)
-        dead = [m.name for m in started if not m.alive()]
-        print(f"stopping: {', '.join(dead)} exited; see {log_dir}/", file=sys.stderr)
-        return 1
+        sup.run()
+        return 0  # not reached: run() returns only by an exception
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
         return 0
@@ -120,7 +120,19 @@ def run_stack() -> int:
         print(f"start failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        stop_all()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the stop short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        t_stop = time.monotonic()
+        killed = sup.stop(grace)
+        print(f"stopped {len(sup.services)} processes in {time.monotonic() - t_stop:.1f}s"
+              + (f" (SIGKILL after {grace:g}s: {', '.join(killed)})" if killed else ""), flush=True)
+
+
+def _worker_env(env: dict[str, str], i: int) -> dict[str, str]:
+    """Worker i's environment: with SWITCHYARD_METRICS_PORT set, worker i serves /metrics on that
+    port + i - 1."""
+    port = int(os.environ.get("SWITCHYARD_METRICS_PORT", "0") or 0)
+    return {**env, "SWITCHYARD_METRICS_PORT": str(port + i - 1)} if port else env
 
 
 def _demo_key(var: Path) -> str:

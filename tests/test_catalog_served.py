@@ -27,7 +27,7 @@ def restarted(stack: Stack, tmp_path):
 """)
     port = free_port()
     env = {**stack.env, "SWITCHYARD_CATALOG": str(catalog), "SWITCHYARD_PORT": str(port),
-           "SWITCHYARD_QUEUES": queue, "SWITCHYARD_CPU_QUEUE": "", "SWITCHYARD_METRICS_PORT": str(free_port())}
+           "SWITCHYARD_QUEUES": queue, "SWITCHYARD_CPU_QUEUE": queue + ".cpu", "SWITCHYARD_METRICS_PORT": str(free_port())}
     procs = []
     try:
         procs.append(start_python("worker-yaml", ["worker"], stack.base / "log", None, env))

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import httpx
 import msgspec
-from nats.js.api import DeliverPolicy
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from orchestration.converter import data_converter
-from orchestration.streams import STREAM, job_subject
+from orchestration.streams import read_stored
 from orchestration.workflows import InferenceWorkflow
 from schemas.events import Delta, Finished, Started, event_decoder
 from schemas.jobs import InferenceSummary
@@ -25,18 +24,7 @@ HISTORIES = Path(__file__).parent / "histories"
 
 
 async def read_job_events(js, job_id: str) -> list:
-    sub = await js.subscribe(job_subject(job_id), stream=STREAM, ordered_consumer=True,
-                             deliver_policy=DeliverPolicy.ALL)
-    events = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=1)
-            events.append(event_decoder.decode(msg.data))
-    except TimeoutError:
-        pass
-    finally:
-        await sub.unsubscribe()
-    return events
+    return await read_stored(js._nc, job_id)
 
 
 async def test_disconnect_does_not_cancel_the_job(stack: Stack, temporal, js):
@@ -97,7 +85,8 @@ def test_curl_sees_chunks_as_they_are_generated(stack: Stack):
 def test_readyz_reports_dependencies(stack: Stack):
     r = httpx.get(stack.proxy_url + "/readyz")
     assert r.status_code == 200
-    assert r.json()["checks"] == {"temporal": "ok", "nats": "ok", "object_store": "ok"}
+    assert r.json()["checks"] == {"temporal": "ok", "nats": "ok", "object_store": "ok", "keystore_watch": "ok",
+                                  "settler": "ok"}
 
 
 def test_logs_hold_no_prompt_or_key(stack: Stack, client):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import os
 import signal
 import uuid
@@ -11,6 +13,7 @@ import openai
 import pytest
 
 from switchyard.processes import start_engine
+from tests.jobclient import read_events
 from tests.conftest import MODEL, Stack, scenario
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -96,9 +99,9 @@ def test_engine_unreachable_is_503_after_retries(client: openai.OpenAI, stack: S
     assert info.value.status_code == 503
 
 
-async def test_engine_503_twice_is_retried_into_one_clean_stream(client: openai.OpenAI, js, temporal):
-    raw = client.chat.completions.with_raw_response.create(model="fake-vllm", stream=True,
-                                                            messages=scenario("503x2"))
+async def test_engine_503_twice_is_retried_into_one_clean_stream(client: openai.OpenAI, js, temporal, stack: Stack):
+    messages = scenario("503x2")
+    raw = client.chat.completions.with_raw_response.create(model="fake-vllm", stream=True, messages=messages)
     chunks = list(raw.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     from tests.fakes.vllm import REPLY
@@ -107,8 +110,14 @@ async def test_engine_503_twice_is_retried_into_one_clean_stream(client: openai.
     handle = temporal.get_workflow_handle(raw.headers["x-job-id"])
     await handle.result()  # the stream ends before the workflow records the activity's completion
     history = await handle.fetch_history()
-    started = [e for e in history.events if e.HasField("activity_task_started_event_attributes")]
-    assert started[0].activity_task_started_event_attributes.attempt == 3
+    # The dispatched run met the first 503; the takeover on the model's queue met the second, and
+    # its retry the answer.
+    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history.events
+                 if e.HasField("activity_task_scheduled_event_attributes")]
+    started = [e.activity_task_started_event_attributes.attempt for e in history.events
+               if e.HasField("activity_task_started_event_attributes")]
+    assert scheduled == ["adopt", "inference"] and started == [1, 2]
+    assert stack.fake.calls[messages[0]["content"].split("nonce=")[1]] == 3
 
 
 def test_non_retryable_engine_error_is_400(client: openai.OpenAI):
@@ -152,15 +161,21 @@ def test_every_response_has_a_request_id(stack: Stack, http: httpx.Client):
     assert bad.headers["x-request-id"].startswith("req_")
 
 
-async def test_no_worker_for_the_queue_is_503_not_a_hang(client: openai.OpenAI, temporal):
+async def test_no_worker_for_the_queue_is_503_not_a_hang(client: openai.OpenAI, temporal, http):
     from temporalio.client import WorkflowExecutionStatus
 
     with pytest.raises(openai.InternalServerError) as info:
         client.chat.completions.with_raw_response.create(model="orphan", messages=HELLO)
     assert info.value.status_code == 503 and info.value.code == "no_capacity"
+    assert info.value.response.headers.get("retry-after"), (dict(info.value.response.headers), info.value.message)
     job_id = info.value.response.headers["x-job-id"]
+    # The job ended itself: closed (no ghost job runs after the client got 503), its stream ended.
+    with pytest.raises(Exception):
+        await asyncio.wait_for(temporal.get_workflow_handle(job_id).result(), 30)  # it settles, then ends
     desc = await temporal.get_workflow_handle(job_id).describe()
-    assert desc.status == WorkflowExecutionStatus.TERMINATED  # no ghost job runs after the client got 503
+    assert desc.status == WorkflowExecutionStatus.FAILED
+    events = read_events(http, job_id)
+    assert events[-1]["event"] == "job.failed" and "no_capacity" in events[-1]["data"]
 
 
 def test_stream_waiting_for_capacity_gets_keepalives_then_in_band_error(stack: Stack):

@@ -115,3 +115,13 @@ async def test_errors(nats_url, store) -> None:
 async def test_keys_generate_still_works(nats_url) -> None:
     r = await cli(nats_url, "keys", "generate")
     assert r.returncode == 0 and r.stdout.startswith("sk-sy-") and len(r.stdout.strip()) == 6 + 43
+
+
+async def test_a_list_of_nats_urls_passes_over_a_dead_one(nats_url, store) -> None:
+    tid = "cli-" + uuid.uuid4().hex[:8]
+    urls = f"nats://127.0.0.1:{free_port()}, {nats_url}"  # the first has no server
+    assert (await cli(urls, "tenants", "create", tid)).returncode == 0
+    r = await cli(urls, "tenants", "list", "--json")
+    assert r.returncode == 0 and tid in r.stdout
+    r = await cli(f"nats://127.0.0.1:{free_port()},nats://127.0.0.1:{free_port()}", "tenants", "list")
+    assert r.returncode == 2 and "cannot reach NATS at nats://127.0.0.1:" in r.stderr and "," in r.stderr

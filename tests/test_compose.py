@@ -188,3 +188,16 @@ def test_constraints_pin_every_runtime_dependency():
                 seen.add(name)
                 todo.append(req.name)
     assert seen - pins == set()
+
+
+def test_the_cluster_overlay_gives_every_switchyard_process_all_nodes_and_3_replicas(compose: dict):
+    overlay = load("docker-compose.nats-cluster.yml")
+    ours = {name for name, svc in compose["services"].items() if svc.get("command", [""])[0] == "switchyard"}
+    assert ours and {"proxy", "worker-gpu-default"} <= ours
+    nodes = {name for name, svc in overlay["services"].items() if name.startswith("nats")}
+    assert nodes == {"nats", "nats-2", "nats-3"}
+    for name in ours:
+        env = overlay["services"][name]["environment"]
+        assert env["SWITCHYARD_NATS_URL"].split(",") == [f"nats://{n}:4222" for n in sorted(nodes)], name
+        assert env["SWITCHYARD_NATS_REPLICAS"] == "3", name
+    assert compose["x-switchyard"]["environment"]["SWITCHYARD_NATS_REPLICAS"] == "1"

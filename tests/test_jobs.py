@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import MODEL, OTHER_KEY, Stack, scenario
-from tests.jobclient import chunk_text, read_events, wait_finished
+from tests.jobclient import chunk_text, read_events, sse_events, wait_finished
 
 CHAT = "/v1/chat/completions"
 
@@ -74,6 +74,21 @@ def test_events_resume_exactly_after_any_event(stack: Stack, http: httpx.Client)
     cut = cuts[0]
     assert read_events(http, job_id, full[cut]["id"]) == [e for e in full if int(e["id"]) > int(full[cut]["id"])]
     assert read_events(http, job_id) == full
+
+
+def test_every_chat_frame_has_its_own_id_and_resume_after_any_is_exact(http: httpx.Client):
+    """The finish and usage chunks and [DONE] of a chat stream each have their own id; resuming the
+    job after any id of the stream, the closing ones included, gives exactly what follows."""
+    body = chat_body(stream=True, stream_options={"include_usage": True})
+    with http.stream("POST", CHAT, json=body) as r:
+        frames, job_id = sse_events(r), r.headers["x-job-id"]
+    ids = [int(f["id"]) for f in frames]
+    assert len(ids) == len(frames) and ids == sorted(set(ids))
+    assert frames[-1]["data"] == "[DONE]" and '"usage"' in frames[-2]["data"]
+    full = read_events(http, job_id)
+    assert full[-1]["event"] == "job.succeeded"
+    for cut in ids:
+        assert read_events(http, job_id, str(cut)) == [e for e in full if int(e["id"]) > cut], cut
 
 
 def test_other_tenant_gets_404_everywhere(stack: Stack, http: httpx.Client):

@@ -302,3 +302,21 @@ async def test_two_processes_share_one_limit(nats_url) -> None:
     assert all(p.returncode == 0 for p in procs)
     assert sum(int(o[0]) for o in outs) == 20, outs
     print("admitted, conflicts per process:", outs)
+
+
+async def test_a_settlement_replayed_on_other_replicas_charges_once(conns) -> None:
+    """A redelivered settlement (a crash before the ack, a partial failure retried) arrives as a new
+    Admission decoded from the same message: it must not give tokens back twice."""
+    import msgspec
+
+    clock = Clock()
+    a, b = await _pair(conns, clock)
+    p = _principal(Limits(tpm=1000), Limits(tpm=1000))
+    adm = await a.admit(p, 500)
+    wire = msgspec.json.encode(adm)
+    for lim in (a, b, b, a):  # the same message settled by both replicas, twice each
+        assert await lim.settle(msgspec.json.decode(wire, type=Admission), 100)
+    headers = await a.peek(p)
+    assert headers["x-ratelimit-remaining-tokens"] == "900"  # 100 used, charged once, refunded once
+    report = await b.usage(p.tenant, Limits(tpm=1000), [(p.key_id, Limits(tpm=1000))])
+    assert report["day"]["requests"] == 1 and report["day"]["tokens"] == 100

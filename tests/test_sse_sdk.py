@@ -15,5 +15,5 @@ def test_keepalives_between_events_are_invisible_to_the_sdk():
                   + writer.frames(Delta(seq=3, attempt=1, content="b")) + KEEPALIVE + DONE)
         pieces = [stream[i:i + 7] for i in range(0, len(stream), 7)]  # any split of the bytes
         events = list(SSEDecoder().iter_bytes(iter(pieces)))
-        assert [e.id for e in events] == ["2", "3", "3"]
+        assert [e.id for e in events] == ["8", "12", "12"]  # seq * 4; [DONE] keeps the last id
         assert all(e.data for e in events) and events[-1].data == "[DONE]"

@@ -73,13 +73,13 @@ models:
 """)
     port = free_port()
     settings = ProxySettings.from_env({**stack.env, "SWITCHYARD_CATALOG": str(catalog_path),
-                                       "SWITCHYARD_PORT": str(port)})
+                                       "SWITCHYARD_PORT": str(port), "SWITCHYARD_CPU_QUEUE": queue + ".cpu"})
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
     stop = asyncio.Event()
     worker = asyncio.ensure_future(run_worker(
-        WorkerConfig(temporal_address=stack.temporal_address, namespace="default", nats_url=stack.nats_url,
-                     queues=(queue,), cpu_queue=""), load_catalog(str(catalog_path)), stop))
+        WorkerConfig(temporal_address=stack.temporal_address, namespace="default", nats_servers=(stack.nats_url,),
+                     queues=(queue,), cpu_queue=queue + ".cpu"), load_catalog(str(catalog_path)), stop))
     serving = asyncio.ensure_future(server.serve())
     try:
         deadline = time.monotonic() + 30
@@ -92,8 +92,8 @@ models:
                 client, {"model": "traced", "messages": scenario("ok"), "stream": True})
         assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
 
-        wanted = {"StartWorkflow:InferenceWorkflow", "RunWorkflow:InferenceWorkflow", "StartActivity:inference",
-                  "RunActivity:inference", "relay job events"}
+        wanted = {"StartWorkflow:InferenceWorkflow", "RunWorkflow:InferenceWorkflow", "StartActivity:adopt",
+                  "RunActivity:adopt", "RunDirect:inference", "relay job events"}
         deadline = time.monotonic() + 15
         while True:
             spans = exporter.get_finished_spans()
@@ -140,14 +140,16 @@ models:
     assert parent_of(one("RunWorkflow:InferenceWorkflow")) == start.name
     # Temporal's interceptor makes the workflow's spans (zero-length markers, replay-safe) children of
     # the context the workflow was started with.
-    assert parent_of(one("StartActivity:inference")) in (start.name, "RunWorkflow:InferenceWorkflow")
-    activity = one("RunActivity:inference")
-    assert parent_of(activity) == "StartActivity:inference"
+    assert parent_of(one("StartActivity:adopt")) in (start.name, "RunWorkflow:InferenceWorkflow")
+    assert parent_of(one("RunActivity:adopt")) == "StartActivity:adopt"
+    # The engine call went the direct path: its run is a child of the request, before any workflow.
+    activity = one("RunDirect:inference")
+    assert parent_of(activity) in (root.name, "POST")
     engine = [s for s in in_trace if s.kind == SpanKind.CLIENT and s.instrumentation_scope is not None
               and "httpx" in s.instrumentation_scope.name]
     assert len(engine) == 1 and parent_of(engine[0]) == activity.name
     assert str(stack.env["FAKE_ENGINE_URL"].split("//")[1].split("/")[0]) in json.dumps(dict(engine[0].attributes))
-    # The relay's span has the activity as its parent: the context came in the NATS message headers
+    # The relay's span has the run as its parent: the context came in the NATS message headers
     # (the proxy's own context would have made it a child of the request span).
     relay = one("relay job events")
     assert relay.kind == SpanKind.CONSUMER and parent_of(relay) == activity.name
