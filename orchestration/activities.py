@@ -153,7 +153,7 @@ class InferenceActivities:
         except asyncio.CancelledError as exc:  # Temporal delivered the cancellation, or a quiet stop
             run.cancel()
             await asyncio.gather(run, return_exceptions=True)
-            if exc.args and exc.args[0] == QUIET_STOP:
+            if quiet_cancel(exc):
                 await publisher.flush()
                 await publisher.close()
             else:
@@ -295,6 +295,19 @@ class InferenceActivities:
         assert notice.error is not None
         return await publisher.fail(notice.status, notice.error)
 
+
+
+def quiet_cancel(exc: asyncio.CancelledError) -> bool:
+    """Whether a cancellation must leave the job's stream open: a quiet stop, or an activity cancelled
+    for a reason other than the client's cancel (timed out, worker shutdown, not found), after
+    which the workflow retries or takes over."""
+    if exc.args and exc.args[0] == QUIET_STOP:
+        return True
+    try:
+        details = activity.cancellation_details()
+    except RuntimeError:  # not in an activity: a dispatched run
+        return False
+    return details is not None and not details.cancel_requested
 
 
 async def heartbeats(timeout) -> None:

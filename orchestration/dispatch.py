@@ -104,8 +104,9 @@ class DirectRuns:
         try:
             return await asyncio.shield(run)
         except asyncio.CancelledError:
-            if not run.done():  # the job was cancelled: the run ends its stream as cancelled
-                run.cancel(QUIET_STOP if activity.is_worker_shutdown() else None)
+            if not run.done():  # the job was cancelled (the run ends its stream so), or timed out
+                details = activity.cancellation_details()
+                run.cancel(None if details is not None and details.cancel_requested else QUIET_STOP)
                 await asyncio.gather(run, return_exceptions=True)
             raise
         finally:

@@ -2,16 +2,27 @@
 
 Publishing is asynchronous (acks are collected, not awaited one by one); `close()` waits for
 every ack so the workflow's sync point only follows events that are stored.
+
+An event whose ack is an error or never comes (the stream's leader died with it in flight, or the
+stream had no leader for the few seconds of an election on a NATS cluster) is published again by
+`close()`, with the same message id and in order, until it is stored or `REPUBLISH_WITHIN_S` has
+passed. That is done only when no later event of the job is stored (the stored events then stay in
+seq order); otherwise `close()` raises `EventsNotStored` and the attempt fails, as it would have.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable
 
+import structlog
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
-from orchestration.streams import job_subject
+from orchestration.streams import STREAM, TRANSIENT_ERRORS, job_subject, read_events
 from orchestration.telemetry import trace_headers
 from schemas.events import (
     Cancelled,
@@ -21,13 +32,36 @@ from schemas.events import (
     JobEvent,
     Restarted,
     Started,
+    event_decoder,
     event_encoder,
     is_terminal,
     msg_id,
     terminal_msg_id,
 )
 
+log = structlog.get_logger("switchyard.publisher")
 AUDIO_PIECE_BYTES = 256 * 1024  # base64 makes it ~350 kB: under NATS's 1 MB message limit
+ACK_WAIT_S = 5.0           # for the acks still outstanding when `close()` is called
+REPUBLISH_WITHIN_S = 30.0  # covers a stream leader election (a few seconds) with room to spare
+
+
+class EventsNotStored(Exception):
+    """Events of the attempt that JetStream did not store, and could not be stored again in order."""
+
+
+class _PartialRead(Exception):
+    """The job's stored events were read only in part (the stream did not answer for all)."""
+
+
+@dataclass
+class _Sent:
+    seq: int
+    data: bytes
+    headers: dict[str, str]
+    ack: asyncio.Future[Any]
+
+    def stored(self) -> bool:
+        return self.ack.done() and not self.ack.cancelled() and self.ack.exception() is None
 
 
 class EventPublisher:
@@ -48,7 +82,7 @@ class EventPublisher:
         self._total = tokens_before
         self._tokens = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._acks: list[asyncio.Future[Any]] = []
+        self._sent: deque[_Sent] = deque()  # events published and not yet known to be stored
         self._lock = asyncio.Lock()
         self.deltas_published = 0
         # The attempt's trace context (`traceparent`), sent with every event so readers join the trace.
@@ -145,9 +179,57 @@ class EventPublisher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        acks, self._acks = self._acks, []
-        if acks:
-            await asyncio.gather(*acks)
+        sent, self._sent = self._sent, deque()
+        if not sent:
+            return
+        await asyncio.wait([s.ack for s in sent], timeout=ACK_WAIT_S)
+        missing = [s for s in sent if not s.stored()]
+        refused = None
+        for s in missing:
+            if not s.ack.done():
+                s.ack.cancel()  # no ack: lost with a node, or still on its way; checked below
+            elif not s.ack.cancelled() and not isinstance(s.ack.exception(), TRANSIENT_ERRORS):
+                refused = refused or s.ack.exception()
+        if refused is not None:  # JetStream refused an event for good: no use sending it again
+            raise refused
+        if missing:
+            await self._store_again(missing)
+
+    async def _store_again(self, missing: list[_Sent]) -> None:
+        deadline = time.monotonic() + REPUBLISH_WITHIN_S
+        stored = await self._retrying(deadline, lambda: self._stored_seqs())
+        again = 0
+        for s in missing:  # in seq order
+            if s.seq in stored:  # stored after all, its ack lost
+                continue
+            if any(seq > s.seq for seq in stored):
+                raise EventsNotStored(f"event {s.seq} of job {self._job_id} is missing and later ones are stored")
+            await self._retrying(deadline, lambda s=s: self._js.publish(self._subject, s.data, headers=s.headers,
+                                                                          timeout=2.0))
+            again += 1
+        log.warning("events_published_again", job_id=self._job_id, unacked=len(missing), published=again)
+
+    async def _stored_seqs(self) -> set[int]:
+        """The seqs of the job's stored events; raises unless the stream answered for all of them."""
+        try:
+            last = await self._js.get_last_msg(STREAM, self._subject, direct=True)
+        except NotFoundError:
+            return set()
+        seqs = {e.seq for e in await read_events(self._js, self._job_id)}
+        if event_decoder.decode(last.data).seq not in seqs:
+            raise _PartialRead()
+        return seqs
+
+    async def _retrying(self, deadline: float, call: Callable[[], Any]) -> Any:
+        delay = 0.2
+        while True:
+            try:
+                return await call()
+            except (*TRANSIENT_ERRORS, _PartialRead) as exc:  # no stream leader yet, a timeout, a reconnect
+                if time.monotonic() + delay > deadline:
+                    raise EventsNotStored(f"events of job {self._job_id} not stored: {type(exc).__name__}") from exc
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     def _next(self) -> int:
         self._seq += 1
@@ -160,7 +242,10 @@ class EventPublisher:
     async def _publish(self, event: JobEvent) -> None:
         mid = terminal_msg_id(self._job_id) if is_terminal(event) else msg_id(self._job_id, self._attempt, event.seq)
         headers = {"Nats-Msg-Id": mid, **self._trace} if self._trace else {"Nats-Msg-Id": mid}
-        fut = await self._js.publish_async(self._subject, event_encoder.encode(event), headers=headers)
-        self._acks.append(fut)
+        data = event_encoder.encode(event)
+        fut = await self._js.publish_async(self._subject, data, headers=headers)
+        while self._sent and self._sent[0].stored():  # only what may need publishing again is kept
+            self._sent.popleft()
+        self._sent.append(_Sent(event.seq, data, headers, fut))
         if self._on_flush is not None:
             self._on_flush(event.seq)
