@@ -15,6 +15,7 @@ two never generate at once.
 
 import asyncio
 import uuid
+from collections import Counter
 
 import msgspec
 from temporalio import activity
@@ -41,6 +42,8 @@ class DirectRuns:
         self._id = uuid.uuid4().hex[:12]
         self._runs: dict[str, asyncio.Task[InferenceSummary]] = {}
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._queue_of: dict[str, str] = {}
+        self._waiting: Counter[str] = Counter()  # runs not adopted yet, by queue
 
     def adoption_queue(self, queue: str) -> str:
         return f"{queue}.direct.{self._id}"
@@ -54,14 +57,19 @@ class DirectRuns:
             await msg.respond(_encoder.encode(DispatchReply()))
             return
         pool = self._slots.get(queue)
+        # Runs waiting for their workflow count against the engines' slots too: when Temporal falls
+        # behind (its workflow tasks are the slower part), new jobs wait in its queue instead, so the
+        # record of every job stays within seconds of its stream.
         if (pool is None or inp.job_id in self._runs or self._activities.adapter_for(inp.model) is None
-                or not pool.try_take()):
+                or self._waiting[queue] >= pool.capacity or not pool.try_take()):
             await msg.respond(_encoder.encode(DispatchReply()))  # full: the job waits in Temporal's queue
             return
         run = asyncio.ensure_future(self._run(offer, queue))
         run.add_done_callback(_retrieve)
         run.add_done_callback(lambda _: pool.give_back())
         self._runs[inp.job_id] = run
+        self._queue_of[inp.job_id] = queue
+        self._waiting[queue] += 1
         loop = asyncio.get_running_loop()
         self._deadlines[inp.job_id] = loop.call_later(UNADOPTED_TTL_S, self._stop, inp.job_id)
         await msg.respond(_encoder.encode(DispatchReply(queue=self.adoption_queue(queue))))
@@ -93,6 +101,9 @@ class DirectRuns:
         deadline = self._deadlines.pop(job_id, None)
         if deadline is not None:
             deadline.cancel()
+        queue = self._queue_of.pop(job_id, None)
+        if queue is not None:
+            self._waiting[queue] -= 1
         return self._runs.pop(job_id, None)
 
     @activity.defn(name="adopt")

@@ -62,8 +62,9 @@ async def test_1200_streams_in_a_row_then_20_more(stack: Stack, temporal):
 
     sdk = openai.OpenAI(base_url=stack.proxy_url + "/v1", api_key=stack.key, max_retries=0, timeout=60)
     for _ in range(20):
-        stream = sdk.chat.completions.create(model=FAKE, messages=scenario("ok"), stream=True)
-        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == REPLY
+        raw = sdk.chat.completions.with_raw_response.create(model=FAKE, messages=scenario("ok"), stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices) == REPLY
+    last = raw.headers["x-job-id"]
 
     nc = await nats.connect(stack.nats_url)
     try:
@@ -72,7 +73,7 @@ async def test_1200_streams_in_a_row_then_20_more(stack: Stack, temporal):
     finally:
         await nc.close()
     # The engine call went the direct path, and the workflow adopted it there.
-    handle = temporal.get_workflow_handle(results[-1][3])
+    handle = temporal.get_workflow_handle(last)
     await asyncio.wait_for(handle.result(), 180)  # the record may trail the stream under load
     history = await handle.fetch_history()
     scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in history.events
