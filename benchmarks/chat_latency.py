@@ -522,6 +522,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def clean_up(started: list[Managed], tmp, keep: bool) -> None:
+    """Stops what a benchmark started (a second Ctrl-C cannot skip it); removes its temp dir unless kept."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for m in reversed(started):
+        try:
+            m.stop()
+        except Exception:
+            m.kill()
+    stop_strays(started)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if keep:
+        log(f"state and logs kept in {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def stop_strays(known: list[Managed]) -> None:
     """Children of this process that never made it into `started` (interrupted mid-start)."""
     known_pids = {m.proc.pid for m in known}
@@ -662,18 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"failed: {exc}")
         return 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the clean-up
-        for m in reversed(started):
-            try:
-                m.stop()
-            except Exception:
-                m.kill()
-        stop_strays(started)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if (ok or interrupted) and not args.keep_tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            log(f"state and logs kept in {tmp}")
+        clean_up(started, tmp, keep=args.keep_tmp or not (ok or interrupted))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import datetime as _dt
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -293,7 +292,7 @@ for p in (str(ROOT), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from chat_latency import NoiseWatch, log, machine_info, ms, stop_strays, summary  # noqa: E402
+from chat_latency import NoiseWatch, clean_up, log, machine_info, ms, summary  # noqa: E402
 
 from switchyard.processes import (  # noqa: E402
     Managed,
@@ -1552,18 +1551,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"failed: {exc}")
         return 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the clean-up
-        for m in reversed(started):
-            try:
-                m.stop()
-            except Exception:
-                m.kill()
-        stop_strays(started)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if (ok or interrupted) and not args.keep_tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            log(f"state and logs kept in {tmp}")
+        clean_up(started, tmp, keep=args.keep_tmp or not (ok or interrupted))
 
 
 if __name__ == "__main__":

@@ -3,32 +3,18 @@ ends it cancelled, and a job nobody picks up ends itself as no_capacity."""
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import random
 import time
 
 import httpx
-import pytest
 
-from switchyard.processes import free_port
 from tests.conftest import scenario
 from tests.fakes.receiver import Receiver
+from tests.test_webhooks import SECRET, receiver  # noqa: F401 (the module's receiver fixture)
 from tests.jobclient import read_events, wait_finished
 
 CHAT = "/v1/chat/completions"
-SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    r = Receiver()
-    port = free_port()
-    r.start(port)
-    r.base = f"http://127.0.0.1:{port}"
-    yield r
-    r.stop()
 
 
 def webhook_types(receiver: Receiver, path: str, timeout: float = 30) -> list[str]:
