@@ -522,6 +522,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def event_loop_runner():
+    """uvloop's run where it is installed (as the proxy runs), asyncio's otherwise."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run
+    return uvloop.run
+
+
 def clean_up(started: list[Managed], tmp, keep: bool) -> None:
     """Stops what a benchmark started (a second Ctrl-C cannot skip it); removes its temp dir unless kept."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -616,12 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         noise.sample("stack_up")
         log(f"stack up in {time.monotonic() - t_begin:.1f}s")
 
-        try:
-            import uvloop
-
-            runner = uvloop.run
-        except ImportError:  # pragma: no cover
-            runner = asyncio.run
+        runner = event_loop_runner()
         t_bench = time.monotonic()
         measured = runner(run_bench(args, eport, pport, tport, key, noise))
         for m in started:

@@ -292,7 +292,7 @@ for p in (str(ROOT), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from chat_latency import NoiseWatch, clean_up, log, machine_info, ms, summary  # noqa: E402
+from chat_latency import NoiseWatch, clean_up, event_loop_runner, log, machine_info, summary  # noqa: E402
 
 from switchyard.processes import (  # noqa: E402
     Managed,
@@ -1479,12 +1479,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.noise.sample("stack_up")
         log(f"stack up in {time.monotonic() - t_begin:.1f}s")
 
-        try:
-            import uvloop
-
-            runner = uvloop.run
-        except ImportError:  # pragma: no cover
-            runner = asyncio.run
+        runner = event_loop_runner()
         t_bench = time.monotonic()
         measured = runner(run_all(ctx))
         for m in started:

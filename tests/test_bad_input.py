@@ -29,6 +29,7 @@ from proxy.config import ProxySettings
 from proxy.protocol import EnvelopeHttpToolsProtocol
 from schemas.jobs import CHAT_ENDPOINT
 from switchyard.processes import free_port, start_nats
+from tests.inprocess import until_started
 from tests.conftest import MODEL, Stack, scenario
 from tests.test_chat_errors import assert_envelope
 
@@ -216,16 +217,13 @@ models:
                                            log_level="warning", lifespan="on"))
     serving = asyncio.ensure_future(server.serve())
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and not serving.done(), "in-process proxy did not start"
-            await asyncio.sleep(0.05)
+        await until_started(server, serving)
         yield app, f"http://127.0.0.1:{port}"
     finally:
         runtime = getattr(app.state, "runtime", None)
         if runtime is not None:
-            # Runtime.close drains NATS; nats-py's drain then waits its drain_timeout (30 s) on the
-            # settler's pull subscription, whose fetched messages are never marked done.
+            # Runtime.close drains NATS, which waits its drain_timeout (5 s) on the settler's pull
+            # subscription; this private proxy need not wait that long.
             runtime.nc.options["drain_timeout"] = 2
         server.should_exit = True
         await asyncio.wait_for(asyncio.gather(serving, return_exceptions=True), 30)

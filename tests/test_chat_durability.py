@@ -14,9 +14,9 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from orchestration.converter import data_converter
-from orchestration.streams import read_stored
+from orchestration.streams import client_of, read_stored
 from orchestration.workflows import InferenceWorkflow
-from schemas.events import Delta, Finished, Started, event_decoder
+from schemas.events import Delta, Finished, Started
 from schemas.jobs import InferenceSummary
 from tests.conftest import MODEL, Stack, scenario
 
@@ -24,7 +24,7 @@ HISTORIES = Path(__file__).parent / "histories"
 
 
 async def read_job_events(js, job_id: str) -> list:
-    return await read_stored(js._nc, job_id)
+    return await read_stored(client_of(js), job_id)
 
 
 async def test_disconnect_does_not_cancel_the_job(stack: Stack, temporal, js):

@@ -10,7 +10,7 @@ import re
 import nats
 import pytest
 
-from orchestration.streams import STREAM, ensure_stream, job_subject
+from orchestration.streams import STREAM, client_of, ensure_stream, job_subject
 from proxy.chunks import ChunkWriter
 from proxy.relay import EventFeed, parse_event_id
 from proxy.errors import InvalidRequest
@@ -25,6 +25,15 @@ from tests.nats_fixture import running_nats
 def nats_url(tmp_path_factory):
     with running_nats(tmp_path_factory.mktemp("relay")) as url:
         yield url
+
+
+@pytest.fixture
+async def js(nats_url):
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_stream(js)
+    yield js
+    await nc.close()
 
 
 def events_of(n: int) -> list:
@@ -48,56 +57,41 @@ async def drain(feed: EventFeed, timeout: float = 2.0) -> list:
     return got
 
 
-async def test_thousands_of_feeds_leave_nothing_on_the_server(nats_url):
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    await ensure_stream(js)
+async def test_thousands_of_feeds_leave_nothing_on_the_server(js):
     await publish(js, "leak-0", events_of(6))
-    before = len(nc._subs)
+    before = len(client_of(js)._subs)
     for i in range(1500):  # the server refused the 1,001st consumer before
         feed = await EventFeed.open(js, "leak-0", after_seq=random.randrange(0, 5))
         assert (await drain(feed))[-1].seq == 6
         await feed.close()
     info = await js.stream_info(STREAM)
     assert info.state.consumer_count == 0
-    assert len(nc._subs) == before
-    await nc.close()
+    assert len(client_of(js)._subs) == before
 
 
-async def test_live_events_after_a_gap_are_filled_from_the_stream(nats_url):
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    await ensure_stream(js)
+async def test_live_events_after_a_gap_are_filled_from_the_stream(js):
     events = events_of(10)
     feed = await EventFeed.open(js, "gap-1", fresh=True)
     await publish(js, "gap-1", events[:4])
     # Events 5 and 6 reach the stream while the subscription misses them (a slow-consumer drop).
     await feed._sub.unsubscribe()
     await publish(js, "gap-1", events[4:6])
-    feed._sub = await nc.subscribe(job_subject("gap-1"))
+    feed._sub = await client_of(js).subscribe(job_subject("gap-1"))
     await publish(js, "gap-1", events[6:])
     assert [e.seq for e in await drain(feed)] == list(range(1, 11))
     await feed.close()
-    await nc.close()
 
 
-async def test_an_ending_the_subscription_missed_is_found_when_quiet(nats_url):
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    await ensure_stream(js)
+async def test_an_ending_the_subscription_missed_is_found_when_quiet(js):
     feed = await EventFeed.open(js, "quiet-1", fresh=True)
     await feed._sub.unsubscribe()
     await publish(js, "quiet-1", events_of(5))
-    feed._sub = await nc.subscribe(job_subject("quiet-1"))
+    feed._sub = await client_of(js).subscribe(job_subject("quiet-1"))
     assert [e.seq for e in await drain(feed, timeout=0.3)] == [1, 2, 3, 4, 5]
     await feed.close()
-    await nc.close()
 
 
-async def test_duplicates_and_resume_points(nats_url):
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    await ensure_stream(js)
+async def test_duplicates_and_resume_points(js):
     events = events_of(8)
     await publish(js, "dup-1", events[:5])
     feed = await EventFeed.open(js, "dup-1", after_seq=2)
@@ -108,7 +102,6 @@ async def test_duplicates_and_resume_points(nats_url):
     ended = await EventFeed.open(js, "dup-1", after_seq=8)  # after the end: nothing, at once
     assert await asyncio.wait_for(ended.next_batch(timeout=5), 1) == [] and ended.ended
     await ended.close()
-    await nc.close()
 
 
 def test_every_frame_has_its_own_growing_id_and_resume_is_exact():

@@ -32,6 +32,7 @@ from proxy.app import create_app
 from proxy.config import ProxySettings
 from proxy.logs import add_trace_ids
 from switchyard.processes import ROOT, free_port
+from tests.inprocess import until_started
 from tests.conftest import Stack, scenario
 
 
@@ -82,10 +83,7 @@ models:
                      queues=(queue,), cpu_queue=queue + ".cpu"), load_catalog(str(catalog_path)), stop))
     serving = asyncio.ensure_future(server.serve())
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline and not serving.done(), "in-process proxy did not start"
-            await asyncio.sleep(0.05)
+        await until_started(server, serving)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60,
                                      headers={"authorization": f"Bearer {stack.key}"}) as client:
             job_id, chunks = await _sse_until_done(
