@@ -16,6 +16,7 @@ two never generate at once.
 import asyncio
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 
 import msgspec
 from temporalio import activity
@@ -40,10 +41,8 @@ class DirectRuns:
         self._activities = activities
         self._slots = slots  # by queue, shared with the Temporal workers of those queues
         self._id = uuid.uuid4().hex[:12]
-        self._runs: dict[str, asyncio.Task[InferenceSummary]] = {}
-        self._deadlines: dict[str, asyncio.TimerHandle] = {}
-        self._queue_of: dict[str, str] = {}
-        self._waiting: Counter[str] = Counter()  # runs not adopted yet, by queue
+        self._runs: dict[str, _Pending] = {}  # by job: runs not adopted yet
+        self._waiting: Counter[str] = Counter()  # the same, counted by queue
 
     def adoption_queue(self, queue: str) -> str:
         return f"{queue}.direct.{self._id}"
@@ -67,11 +66,9 @@ class DirectRuns:
         run = asyncio.ensure_future(self._run(offer, queue))
         run.add_done_callback(_retrieve)
         run.add_done_callback(lambda _: pool.give_back())
-        self._runs[inp.job_id] = run
-        self._queue_of[inp.job_id] = queue
+        deadline = asyncio.get_running_loop().call_later(UNADOPTED_TTL_S, self._stop, inp.job_id)
+        self._runs[inp.job_id] = _Pending(run, queue, deadline)
         self._waiting[queue] += 1
-        loop = asyncio.get_running_loop()
-        self._deadlines[inp.job_id] = loop.call_later(UNADOPTED_TTL_S, self._stop, inp.job_id)
         await msg.respond(_encoder.encode(DispatchReply(queue=self.adoption_queue(queue))))
 
     async def _run(self, offer: Dispatch, queue: str) -> InferenceSummary:
@@ -98,13 +95,12 @@ class DirectRuns:
             run.cancel(QUIET_STOP)
 
     def _take(self, job_id: str) -> asyncio.Task[InferenceSummary] | None:
-        deadline = self._deadlines.pop(job_id, None)
-        if deadline is not None:
-            deadline.cancel()
-        queue = self._queue_of.pop(job_id, None)
-        if queue is not None:
-            self._waiting[queue] -= 1
-        return self._runs.pop(job_id, None)
+        pending = self._runs.pop(job_id, None)
+        if pending is None:
+            return None
+        pending.deadline.cancel()
+        self._waiting[pending.queue] -= 1
+        return pending.run
 
     @activity.defn(name="adopt")
     async def adopt(self, inp: AdoptInput) -> InferenceSummary:
@@ -126,6 +122,13 @@ class DirectRuns:
     def stop_all(self) -> None:
         for job_id in list(self._runs):
             self._stop(job_id)
+
+
+@dataclass
+class _Pending:
+    run: asyncio.Task[InferenceSummary]
+    queue: str
+    deadline: asyncio.TimerHandle  # drops the run if its workflow never comes
 
 
 def _retrieve(run: asyncio.Task) -> None:
