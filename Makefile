@@ -4,9 +4,20 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 ENGINE := .cache/engine/bin/llama-server
 
-.PHONY: install engine nginx compose-schema triton run test bench clean stop
+.PHONY: install engine nginx compose-schema triton browser js-client run test bench clean stop
 
-install: $(VENV)/.installed engine nginx compose-schema triton
+install: $(VENV)/.installed engine nginx compose-schema triton browser js-client
+
+browser: /usr/bin/chromium /usr/bin/chromedriver   # Debian's, for tests/test_browser.py (as root)
+
+/usr/bin/chromium /usr/bin/chromedriver:
+	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
+js-client: tests/js/node_modules/.package-lock.json   # the openai npm package (tests/test_js_client.py)
+
+tests/js/node_modules/.package-lock.json: tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ required"; exit 1; }

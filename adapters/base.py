@@ -39,6 +39,8 @@ EMBEDDINGS = "embeddings"
 ASR = "asr"  # speech to text: transcriptions, and translations where the model translates
 TTS = "tts"  # text to speech
 PREFIX_CONTINUATION = "prefix_continuation"  # honours continue_final_message / add_generation_prompt
+# Chat content parts beyond text; only where the catalog names them (proxy/params.py).
+CONTENT_PARTS = frozenset({"vision", "audio_input", "video_input", "file_input"})
 
 
 class AudioInput(msgspec.Struct, frozen=True):
@@ -95,9 +97,10 @@ def require(adapter: "InferenceAdapter", capability: str, engine: str = "engine"
 
 
 def declared_capabilities(supported: frozenset[str], configured: Sequence[str], kind: str) -> frozenset[str]:
-    """The adapter's capabilities narrowed to what the catalog says this deployment serves."""
+    """The adapter's capabilities narrowed to what the catalog says this deployment serves; content
+    parts (media an engine would fetch) only where the catalog names them."""
     if not configured:
-        return supported
+        return supported - CONTENT_PARTS
     extra = set(configured) - supported
     if extra:
         raise ValueError(f"engine kind {kind!r} cannot do {sorted(extra)}")

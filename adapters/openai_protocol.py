@@ -29,6 +29,7 @@ from adapters.base import (
     EngineError,
     StreamPiece,
     bad_output,
+    CONTENT_PARTS,
     declared_capabilities,
     http_client,
     open_stream,
@@ -147,7 +148,7 @@ def classify_status(status: int, text: str) -> EngineError:
 
 
 class OpenAIProtocolAdapter:
-    supported = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, ASR, TTS, PREFIX_CONTINUATION})
+    supported = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, ASR, TTS, PREFIX_CONTINUATION, *CONTENT_PARTS})
 
     def __init__(self, spec: EngineSpec, client: httpx.AsyncClient | None = None):
         self._spec = spec

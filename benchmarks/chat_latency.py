@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
+from orchestration.codec import new_key_entry  # noqa: E402
 from switchyard.processes import (  # noqa: E402
     Managed,
     engine_binary,
@@ -607,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             "SWITCHYARD_PORT": str(pport),
             "SWITCHYARD_HOST": "127.0.0.1",
             "SWITCHYARD_DEMO_KEY": key,
+            "SWITCHYARD_PAYLOAD_KEYS": new_key_entry("bench"),  # Temporal payloads encrypted, as deployed
             "SWITCHYARD_CATALOG": catalog_path,
             "SWITCHYARD_LOG_LEVEL": "WARNING",
             "SWITCHYARD_COALESCE_MS": str(args.coalesce_ms),

@@ -294,6 +294,7 @@ for p in (str(ROOT), str(HERE)):
 
 from chat_latency import NoiseWatch, clean_up, event_loop_runner, log, machine_info, summary  # noqa: E402
 
+from orchestration.codec import new_key_entry  # noqa: E402
 from switchyard.processes import (  # noqa: E402
     Managed,
     free_port,
@@ -1438,6 +1439,7 @@ def main(argv: list[str] | None = None) -> int:
                 "SWITCHYARD_PORT": str(pport),
                 "SWITCHYARD_HOST": "127.0.0.1",
                 "SWITCHYARD_DEMO_KEY": skey,
+                "SWITCHYARD_PAYLOAD_KEYS": new_key_entry("bench"),  # Temporal payloads encrypted, as deployed
                 "SWITCHYARD_CATALOG": str(catalog),
                 "SWITCHYARD_OBJECT_DIR": str(tmp / "objects"),
                 "SWITCHYARD_LOG_LEVEL": "WARNING",

@@ -25,7 +25,8 @@ from orchestration.objectstore import ObjectNotFound, ObjectStore, object_store_
 from orchestration.transcripts import SUFFIX, render
 from orchestration.publisher import EventPublisher
 from orchestration.offers import withdraw_subject
-from orchestration.streams import client_of, last_event, read_events
+from orchestration.natsconfig import DEFAULT_JOBS_MAX_AGE_S
+from orchestration.streams import client_of, events_ttl, last_event, last_ttl, read_events
 from schemas.events import Delta, Finished, Started, is_terminal
 from schemas.jobs import (
     COMPLETIONS_ENDPOINT,
@@ -57,8 +58,9 @@ def engine_failure(exc: EngineError) -> ApplicationError:
 class InferenceActivities:
     def __init__(self, js: JetStreamContext, adapters: Mapping[str, InferenceAdapter],
                  cancels: CancelRegistry | None = None, coalesce_s: float = 0.005,
-                 objects: ObjectStore | None = None):
+                 objects: ObjectStore | None = None, events_max_age_s: float = DEFAULT_JOBS_MAX_AGE_S):
         self._js = js
+        self._max_age_s = events_max_age_s  # the stream's: a tenant's retention only shortens it
         self._adapters = adapters
         self._cancels = cancels or CancelRegistry()
         self._coalesce_s = coalesce_s
@@ -104,8 +106,9 @@ class InferenceActivities:
                 raise ApplicationError("the job already ended", type=JOB_ENDED, non_retryable=True)
             prior = delivered(events)
             prior.last_seq = last_seq
+        ttl_s = events_ttl(inp.retention_s, self._max_age_s)
         publisher = EventPublisher(self._js, inp.job_id, attempt, prior.last_seq, self._coalesce_s,
-                                   tokens_before=prior.tokens)
+                                   tokens_before=prior.tokens, ttl_s=ttl_s)
         body, stripper = await self._body(inp), None
         if "context_ref" in inp.options:
             body = with_context(body, await self._object(inp.options["context_ref"], "the previous stage's result"))
@@ -120,7 +123,7 @@ class InferenceActivities:
             if resumed is None:
                 await publisher.restarted("the engine cannot continue the delivered output; it starts over")
                 prior = Delivered(last_seq=publisher.seq)
-                publisher = EventPublisher(self._js, inp.job_id, attempt, publisher.seq, self._coalesce_s)
+                publisher = EventPublisher(self._js, inp.job_id, attempt, publisher.seq, self._coalesce_s, ttl_s=ttl_s)
             else:
                 body = resumed
         await publisher.started(resumed_from=prior.last_seq if prior.text else 0, stage=inp.stage)
@@ -289,7 +292,8 @@ class InferenceActivities:
             if asyncio.get_running_loop().time() >= deadline:
                 break
             await asyncio.sleep(0.1)
-        publisher = EventPublisher(self._js, notice.job_id, 0, previous.seq if previous else 0)
+        publisher = EventPublisher(self._js, notice.job_id, 0, previous.seq if previous else 0,
+                                   ttl_s=await last_ttl(self._js, notice.job_id) if previous else 0)
         if notice.kind == "cancelled":
             return await publisher.cancelled(notice.error.message if notice.error else "cancelled")
         assert notice.error is not None

@@ -54,6 +54,12 @@ def parse_catalog(text: str, source: str = "<catalog>") -> Catalog:
                                    f"(already at `{seen[name]}`; ids and aliases share one namespace)")
             seen[name] = path
     for i, m in enumerate(catalog.models):
+        if m.engine is not None:
+            try:
+                engine_capabilities(m.engine)
+            except ValueError as exc:  # a capability its engine kind lacks: refused here, not per request
+                path = f"$.models[{i}].engine.capabilities"
+                raise CatalogError(f"{_where(source, text, f'`{path}`')}: {exc} (at `{path}`)") from None
         for j, stage in enumerate(m.pipeline[1:], 1):
             target = catalog.get(stage.model)
             if target is not None and target.engine is not None and "chat" not in engine_capabilities(target.engine):

@@ -1,4 +1,5 @@
-"""A Temporal payload converter that encodes with msgspec (structs in, structs out) as `json/plain`."""
+"""A Temporal payload converter that encodes with msgspec (structs in, structs out) as `json/plain`,
+and the data converter every client and worker uses: that converter, then AES-GCM (orchestration/codec.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from temporalio.converter import (
     EncodingPayloadConverter,
     JSONProtoPayloadConverter,
 )
+
+from orchestration.codec import EncryptionCodec
 
 _ENCODING = b"json/plain"
 _encoder = msgspec.json.Encoder()
@@ -47,5 +50,5 @@ class MsgspecPayloadConverter(CompositePayloadConverter):
 
 
 data_converter = dataclasses.replace(
-    DataConverter.default, payload_converter_class=MsgspecPayloadConverter
+    DataConverter.default, payload_converter_class=MsgspecPayloadConverter, payload_codec=EncryptionCodec()
 )

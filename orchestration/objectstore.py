@@ -23,7 +23,7 @@ import time
 import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import AsyncIterator, Mapping, Protocol
+from typing import AsyncIterator, Mapping, NamedTuple, Protocol
 
 from orchestration.telemetry import record_claim_check
 
@@ -35,6 +35,11 @@ _KEY = re.compile(r"^[A-Za-z0-9_-]{1,80}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})*$")
 
 class ObjectNotFound(KeyError):
     pass
+
+
+class StoredObject(NamedTuple):
+    key: str
+    modified: float  # unix seconds
 
 
 def check_key(key: str) -> str:
@@ -84,6 +89,10 @@ class ObjectStore(Protocol):
     async def size(self, ref: str) -> int: ...
 
     async def delete(self, ref: str) -> None: ...
+
+    def list_objects(self) -> AsyncIterator[StoredObject]:
+        """Every object, in no particular order (for sweeps)."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -145,6 +154,24 @@ class LocalObjectStore:
 
     async def delete(self, ref: str) -> None:
         self._path(ref).unlink(missing_ok=True)
+
+    async def list_objects(self) -> AsyncIterator[StoredObject]:
+        for job_dir in await asyncio.to_thread(lambda: [d for d in self.root.iterdir() if d.is_dir()]):
+            for obj in await asyncio.to_thread(self._list_dir, job_dir):
+                yield obj
+
+    def _list_dir(self, job_dir: Path) -> list[StoredObject]:
+        out = []
+        try:
+            for p in job_dir.iterdir():
+                if not p.name.startswith("."):  # a write in progress
+                    try:
+                        out.append(StoredObject(f"{job_dir.name}/{p.name}", p.stat().st_mtime))
+                    except FileNotFoundError:
+                        continue
+        except FileNotFoundError:
+            pass
+        return out
 
     async def sweep(self, max_age_s: float, now: float | None = None) -> int:
         """Removes the objects of jobs whose newest object is older than `max_age_s`; returns how
@@ -244,6 +271,12 @@ class S3ObjectStore:
     async def delete(self, ref: str) -> None:
         s3 = await self._s3()
         await s3.delete_object(Bucket=self.bucket, Key=self._key(ref))
+
+    async def list_objects(self) -> AsyncIterator[StoredObject]:
+        s3 = await self._s3()
+        async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for obj in page.get("Contents", []):
+                yield StoredObject(obj["Key"][len(self.prefix):], obj["LastModified"].timestamp())
 
     async def aclose(self) -> None:
         await self._stack.aclose()

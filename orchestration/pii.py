@@ -26,7 +26,6 @@ Every pattern is anchored by a look-behind so that a long run without a match co
 
 from __future__ import annotations
 
-import bisect
 import ipaddress
 import math
 import re
@@ -70,9 +69,10 @@ _EMAIL_DOMAIN = re.compile(
     rf"@[{_A}](?:[{_A}\-]{{0,62}}[{_A}])?(?:\.[{_A}](?:[{_A}\-]{{0,62}}[{_A}])?)*\.[A-Za-z]{{2,24}}"
     rf"(?![{_A}\-])")
 
-_PHONE_INTL = re.compile(
-    r"\+(?<![0-9A-Za-z+].)[1-9][0-9]{0,3}"
-    r"(?:[ .\-]?\(0?[0-9]{1,4}\)|[ .\-]?[0-9]{1,6}){1,6}" + _NB)
+# Possessive (`{0,3}+`, `++`): the whole run of digit groups is read once and never re-split; the
+# former `(?:[ .\-]?[0-9]{1,6}){1,6}` + look-ahead tried ~6^6 splits of a long digit run. `_phone_end`
+# then keeps its longest prefix of 8-15 digits.
+_PHONE_INTL = re.compile(r"\+(?<![0-9A-Za-z+].)[1-9][0-9]{0,3}+(?:[ .\-]?\(0?[0-9]{1,4}\)|[ .\-]?[0-9]++)++")
 _KR_AREA = r"(?:2|3[1-3]|4[1-4]|5[1-5]|6[1-4]|70|50[2-8])"
 _PHONE_KR = re.compile(
     r"(?:0(?<![0-9A-Za-z+.\-].)(?:"
@@ -110,8 +110,8 @@ _SECRET = re.compile(
     r"|eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"
     r")")
 _BEARER = re.compile(r"(?i)(?<![A-Za-z0-9])bearer[ \t]+(?P<tok>[A-Za-z0-9._~+/\-]{16,}=*)")
-_PEM = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----",
-                  re.S)
+_PEM_BEGIN = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
+_PEM_END = re.compile(r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----")
 
 
 # ---- validators -----------------------------------------------------------------------------------
@@ -195,8 +195,17 @@ def _longest_valid(text: str, ok) -> int:
     return 0
 
 
-def _phone_digits_ok(text: str) -> bool:
-    return 8 <= sum(c.isdigit() for c in text) <= 15
+def _phone_end(text: str) -> int:
+    """Like `_longest_valid` with 8-15 digits, but reads no further than the 16th digit."""
+    n, digits, best = len(text), 0, 0
+    for i, ch in enumerate(text):
+        if ch.isdigit():
+            digits += 1
+            if digits > 15:
+                break
+        if digits >= 8 and (ch.isdigit() or ch == ")") and (i + 1 == n or text[i + 1] in " .-("):
+            best = i + 1
+    return best
 
 
 # ---- detection --------------------------------------------------------------------------------------
@@ -233,9 +242,11 @@ def _find_secrets(text: str, add) -> None:
                 if m is not None:
                     add(Finding("SECRET", m.start("tok"), m.end("tok")))
             p = text.find(needle, p + 5)
-    if "PRIVATE KEY-----" in text:
-        for m in _PEM.finditer(text):
-            add(Finding("SECRET", m.start(), m.end()))
+    if "PRIVATE KEY-----" in text:   # BEGIN..first END; BEGINs without an END are not searched again
+        pos = 0
+        while (begin := _PEM_BEGIN.search(text, pos)) and (end := _PEM_END.search(text, begin.end())):
+            add(Finding("SECRET", begin.start(), end.end()))
+            pos = end.end()
 
 
 def _find_ipv6(text: str, add) -> None:
@@ -288,7 +299,7 @@ def find(text: str) -> list[Finding]:
             add(Finding("IP", m.start(), m.end()))
     if "+" in text:
         for m in _PHONE_INTL.finditer(text):
-            end = _longest_valid(m.group(), _phone_digits_ok)
+            end = _phone_end(m.group())
             if end:
                 add(Finding("PHONE", m.start(), m.start() + end))
     for pattern in (_PHONE_KR, _PHONE_NA):
@@ -299,16 +310,13 @@ def find(text: str) -> list[Finding]:
     if not cands:
         return cands
     cands.sort(key=lambda f: (_PRECEDENCE[f.kind], -(f.end - f.start), f.start))
-    starts: list[int] = []   # chosen spans, kept sorted and disjoint
+    taken = bytearray(len(text))   # 1 where a chosen span lies; candidates overlap little, so ~linear
     chosen: list[Finding] = []
     for f in cands:
-        i = bisect.bisect_right(starts, f.start)
-        if i and chosen[i - 1].end > f.start:
-            continue
-        if i < len(chosen) and chosen[i].start < f.end:
-            continue
-        starts.insert(i, f.start)
-        chosen.insert(i, f)
+        if taken.find(1, f.start, f.end) == -1:
+            taken[f.start:f.end] = b"\x01" * (f.end - f.start)
+            chosen.append(f)
+    chosen.sort(key=lambda f: f.start)
     return chosen
 
 

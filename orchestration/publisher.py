@@ -22,7 +22,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from orchestration.streams import STREAM, TRANSIENT_ERRORS, job_subject, read_events
+from orchestration.streams import STREAM, TRANSIENT_ERRORS, TTL_HEADER, job_subject, read_events
 from orchestration.telemetry import trace_headers
 from schemas.events import (
     Cancelled,
@@ -67,7 +67,7 @@ class _Sent:
 class EventPublisher:
     def __init__(self, js: JetStreamContext, job_id: str, attempt: int, first_seq: int,
                  coalesce_s: float = 0.005, on_flush: Callable[[int], None] | None = None,
-                 tokens_before: int = 0):
+                 tokens_before: int = 0, ttl_s: int = 0):
         self._js = js
         self._job_id = job_id
         self._subject = job_subject(job_id)
@@ -87,6 +87,8 @@ class EventPublisher:
         self.deltas_published = 0
         # The attempt's trace context (`traceparent`), sent with every event so readers join the trace.
         self._trace = trace_headers()
+        # Per-message TTL (a tenant's retention shorter than the stream's max age); 0: the stream's.
+        self._ttl = {TTL_HEADER: str(ttl_s)} if ttl_s > 0 else {}
 
     @property
     def seq(self) -> int:
@@ -241,7 +243,7 @@ class EventPublisher:
 
     async def _publish(self, event: JobEvent) -> None:
         mid = terminal_msg_id(self._job_id) if is_terminal(event) else msg_id(self._job_id, self._attempt, event.seq)
-        headers = {"Nats-Msg-Id": mid, **self._trace} if self._trace else {"Nats-Msg-Id": mid}
+        headers = {"Nats-Msg-Id": mid, **self._trace, **self._ttl}
         data = event_encoder.encode(event)
         fut = await self._js.publish_async(self._subject, data, headers=headers)
         while self._sent and self._sent[0].stored():  # only what may need publishing again is kept

@@ -10,7 +10,8 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client
 
-SEARCH_ATTRIBUTES = {"SwitchyardTenant": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD}
+SEARCH_ATTRIBUTES = {name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+                     for name in ("SwitchyardTenant", "SwitchyardEndpoint", "SwitchyardModel")}
 
 
 async def ensure_search_attributes(client: Client, namespace: str) -> None:

@@ -45,9 +45,27 @@ def parse_allow_list(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6N
     return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
 
 
+# Refused whatever this Python's `ipaddress` tables say (they changed in 3.11.10 and 3.12.4).
+_NEVER = tuple(ipaddress.ip_network(net) for net in (
+    "100.64.0.0/10",   # carrier-grade NAT
+    "198.18.0.0/15",   # benchmarking
+    "2001::/32",       # Teredo
+    "2002::/16",       # 6to4: reaches the IPv4 address inside it
+    "64:ff9b:1::/48",  # local-use NAT64
+    "fc00::/7",        # unique local
+    "fec0::/10",       # site-local (deprecated, still routed inside some sites)
+))
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):  # these two reach the IPv4 address they carry: judge that
+        if ip.ipv4_mapped is not None:
+            return _public(ip.ipv4_mapped)
+        if ip in _NAT64:
+            return _public(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if any(ip in net for net in _NEVER):
+        return False
     return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local
                                  or ip.is_multicast or ip.is_reserved or ip.is_unspecified)
 

@@ -14,6 +14,7 @@ from temporalio.worker import FixedSizeSlotSupplier, Worker, WorkerTuner
 from adapters.registry import build_adapter
 from orchestration.activities import InferenceActivities
 from orchestration.cancels import CANCEL_SUBJECT_PREFIX, CancelRegistry
+from orchestration.natsconfig import JobsRetention, NatsAuth
 from orchestration.objectstore import object_store_from_env, sweep_forever
 from orchestration.converter import data_converter
 from orchestration.telemetry import WorkerMetricsInterceptor, start_metrics_server, temporal_interceptors
@@ -39,6 +40,8 @@ class WorkerConfig:
     metrics_port: int = 0  # SWITCHYARD_METRICS_PORT: Prometheus /metrics; 0 serves none
     metrics_host: str = "127.0.0.1"
     nats_replicas: int = 1  # SWITCHYARD_NATS_REPLICAS: copies of every stream and KV bucket
+    nats_auth: NatsAuth = NatsAuth()  # SWITCHYARD_NATS_USER/_PASSWORD/_CREDS/_CA
+    jobs_retention: JobsRetention = JobsRetention()  # SWITCHYARD_JOBS_MAX_AGE_S/_MAX_BYTES
 
 
 async def connect_temporal(address: str, namespace: str) -> Client:
@@ -56,16 +59,19 @@ async def run_worker(config: WorkerConfig, catalog: Catalog, stop: asyncio.Event
         start_metrics_server(config.metrics_port, config.metrics_host)
     client = await connect_temporal(config.temporal_address, config.namespace)
     nc = await nats.connect(servers=list(config.nats_servers), name="switchyard-worker",
-                            max_reconnect_attempts=-1)
+                            max_reconnect_attempts=-1, **await asyncio.to_thread(config.nats_auth.connect_options))
     js = nc.jetstream(publish_async_max_pending=16384)
-    await ensure_stream(js, replicas=config.nats_replicas)
+    retention = config.jobs_retention
+    await ensure_stream(js, replicas=config.nats_replicas, max_age_s=retention.max_age_s,
+                        max_bytes=retention.max_bytes)
     await ensure_settle_stream(js, replicas=config.nats_replicas)
     secrets = await ensure_secrets_bucket(js, replicas=config.nats_replicas)
     adapters = {m.id: build_adapter(m.engine) for m in models if m.engine is not None}
     cancels = CancelRegistry()
     await nc.subscribe(f"{CANCEL_SUBJECT_PREFIX}.*", cb=cancels.on_message)
     objects = object_store_from_env()
-    activities = InferenceActivities(js, adapters, cancels, coalesce_s=config.coalesce_s, objects=objects)
+    activities = InferenceActivities(js, adapters, cancels, coalesce_s=config.coalesce_s, objects=objects,
+                                     events_max_age_s=retention.max_age_s)
     loop = asyncio.get_running_loop()
     slots = {q: EngineSlots(sum(m.max_concurrency for m in models if m.task_queue == q) or 1, loop)
              for q in queues}

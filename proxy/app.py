@@ -11,6 +11,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from proxy.auth import KeyRing
 from proxy.config import ProxySettings
+from proxy.cors import CORSMiddleware, TenantOriginGate
 from proxy.errors import EVENTS_ERRORS, APIError, handle_api_error, handle_http_exception, handle_unexpected
 from proxy.middleware import AuthMiddleware, HeaderLimitMiddleware, RequestIdMiddleware
 from proxy.openapi import openapi_endpoint
@@ -23,8 +24,10 @@ from proxy.serving_embeddings import embeddings
 from proxy.serving_health import healthz, readyz
 from proxy.serving_jobs import cancel, create_job, events, get_job, list_all, result
 from proxy.serving_admin import ROUTES as ADMIN_ROUTES
+from proxy.serving_codec import ROUTES as CODEC_ROUTES
 from proxy.serving_models import get_model, list_models
 from proxy.serving_ws import websocket_endpoint
+from proxy.serving_ui import ROUTES as UI_ROUTES
 
 
 def create_app(settings: ProxySettings) -> Starlette:
@@ -55,17 +58,21 @@ def create_app(settings: ProxySettings) -> Starlette:
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         WebSocketRoute("/v1/ws", websocket_endpoint),
         *ADMIN_ROUTES,
+        *CODEC_ROUTES,
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+        *UI_ROUTES,
     ]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(TelemetryMiddleware),  # outermost: its span covers the access log line
                     Middleware(RequestIdMiddleware),
+                    Middleware(CORSMiddleware, origins=settings.cors_origins),  # errors carry CORS too
                     Middleware(HeaderLimitMiddleware),
-                    Middleware(AuthMiddleware, keys=keys)],
+                    Middleware(AuthMiddleware, keys=keys),
+                    Middleware(TenantOriginGate)],
         exception_handlers={APIError: handle_api_error, HTTPException: handle_http_exception,
                             **{t: handle_unexpected for t in EVENTS_ERRORS},  # a 503, not re-raised
                             Exception: handle_unexpected},

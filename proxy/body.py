@@ -60,6 +60,10 @@ def _too_deep(limit: int) -> InvalidRequest:
 
 
 async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
+    return decode_json_object(await read_body(request, limit))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
@@ -70,4 +74,21 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
         if size > limit:
             raise PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
         chunks.append(chunk)
-    return decode_json_object(b"".join(chunks))
+    return b"".join(chunks)
+
+
+class _Head(msgspec.Struct):
+    model: Any = None
+
+
+_head_decoder = msgspec.json.Decoder(_Head)
+
+
+def peek_model(data: bytes) -> str | None:
+    """The body's `model` when it is a string, parsed without building the rest (about 8x cheaper
+    than decoding it all); None for anything else, which the full decode then names."""
+    try:
+        model = _head_decoder.decode(data).model
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    return model if isinstance(model, str) else None

@@ -43,7 +43,9 @@ from schemas.jobs import CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, Dispatch, Dispatch
 from schemas.openai import ErrorBody, Usage
 
 TENANT = SearchAttributeKey.for_keyword("SwitchyardTenant")
-SEARCH_ATTRIBUTES = {"SwitchyardTenant": "Keyword"}
+ENDPOINT = SearchAttributeKey.for_keyword("SwitchyardEndpoint")  # so a key's listing filters on its scopes
+MODEL = SearchAttributeKey.for_keyword("SwitchyardModel")
+SEARCH_ATTRIBUTES = {"SwitchyardTenant": "Keyword", "SwitchyardEndpoint": "Keyword", "SwitchyardModel": "Keyword"}
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 log = structlog.get_logger("switchyard.proxy")
 _encoder = msgspec.json.Encoder()
@@ -137,7 +139,9 @@ async def _start_workflow(rt: Runtime, inp: WorkflowInput, model: ModelEntry, me
         await rt.temporal.start_workflow(
             INFERENCE_WORKFLOW, inp, id=job_id, task_queue=rt.settings.workflow_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes([SearchAttributePair(TENANT, memo.tenant)]),
+            search_attributes=TypedSearchAttributes([SearchAttributePair(TENANT, memo.tenant),
+                                                     SearchAttributePair(ENDPOINT, memo.endpoint),
+                                                     SearchAttributePair(MODEL, memo.model)]),
             memo=msgspec.to_builtins(memo),
             priority=Priority(priority_key=inp.priority) if inp.priority else Priority.default)
         return True
@@ -300,9 +304,26 @@ async def cancel_job(rt: Runtime, job_id: str) -> None:
             raise
 
 
-async def list_jobs(rt: Runtime, tenant: str, limit: int, after: str | None) -> tuple[list[str], bool]:
-    """The tenant's jobs, newest first. Temporal's visibility store cannot sort by start time, so this
-    walks back in time windows (1 h, then 4x wider each step), sorting each window's jobs itself."""
+class ScanBudget:
+    """What one listing may read of Temporal's visibility store: `entries` workflow entries, over at
+    most `queries` queries (a window's count and its list are one each)."""
+
+    def __init__(self, entries: int, queries: int):
+        self.entries, self.queries = entries, queries
+
+
+MIN_SPAN = timedelta(milliseconds=1)
+
+
+async def list_jobs(rt: Runtime, tenant: str, limit: int, after: str | None,
+                    budget: ScanBudget | None = None, scope: str = "") -> tuple[list[str], bool]:
+    """The tenant's jobs, newest first, and whether more may follow. Temporal's visibility store cannot
+    sort by start time, so this walks back in time windows (1 h, then 4x wider each step), sorting each
+    window's jobs itself. A window is counted first and narrowed while it holds more jobs than the
+    budget has left; when the budget is spent the page ends early with `has_more`. `scope`: a visibility
+    clause ANDed in (serving_jobs.scope_clause: the key's endpoints and models)."""
+    if budget is None:
+        budget = ScanBudget(rt.settings.reads.list_scan, rt.settings.reads.list_queries)
     if not re.match(r"^[A-Za-z0-9._-]+$", tenant):
         return [], False
     upper = datetime.now(timezone.utc) + timedelta(seconds=5)
@@ -314,12 +335,25 @@ async def list_jobs(rt: Runtime, tenant: str, limit: int, after: str | None) -> 
     span = timedelta(hours=1)
     found: list[tuple[datetime, str]] = []
     while len(found) <= limit and upper > oldest:
+        if budget.queries < 2:
+            return [job_id for _, job_id in found[:limit]], True
         lower = max(oldest, upper - span)
-        query = (f"SwitchyardTenant = '{tenant}' AND StartTime < '{upper.isoformat()}' "
-                 f"AND StartTime >= '{lower.isoformat()}'")
-        window = [(wf.start_time, wf.id) async for wf in rt.temporal.list_workflows(query)
-                  if wf.workflow_type == INFERENCE_WORKFLOW]
-        found += sorted(window, reverse=True)
+        query = (f"SwitchyardTenant = '{tenant}' AND WorkflowType = '{INFERENCE_WORKFLOW}' "
+                 f"AND StartTime < '{upper.isoformat()}' AND StartTime >= '{lower.isoformat()}'{scope}")
+        budget.queries -= 1
+        count = (await rt.temporal.count_workflows(query)).count
+        if count > budget.entries:
+            if span <= MIN_SPAN:  # more jobs started within a millisecond than one call may read
+                return [job_id for _, job_id in found[:limit]], True
+            span = max(MIN_SPAN, min(span / 4, span * (budget.entries / (2 * count))))
+            continue
+        if count:
+            budget.queries -= 1
+            window = [(wf.start_time, wf.id) async for wf in rt.temporal.list_workflows(
+                query, limit=max(1, budget.entries), page_size=min(1000, max(1, budget.entries)))
+                if wf.workflow_type == INFERENCE_WORKFLOW]
+            budget.entries -= len(window)
+            found += sorted(window, reverse=True)
         upper, span = lower, span * 4
     return [job_id for _, job_id in found[:limit]], len(found) > limit
 

@@ -32,13 +32,15 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from orchestration.streams import ensure_kv
+from orchestration.streams import ensure_kv, patiently
 from proxy.auth import KeyRing, Principal
 from proxy.errors import Conflict, InvalidRequest, NotFound
 from schemas.tenancy import NO_LIMITS, KeyRecord, Limits, Tenant
 
 BUCKET_TENANTS = "sy_tenants"
 BUCKET_KEYS = "sy_keys"
+BUCKET_SERVER = "sy_server"
+KEY_ID_SECRET = "key_id_secret"
 KEY_PREFIX = "sk-sy-"
 
 log = structlog.get_logger("switchyard.keystore")
@@ -69,7 +71,8 @@ async def ensure_bucket(js: JetStreamContext, bucket: str, *, replicas: int = 1,
 def _principal(rec: KeyRecord, tenant: Tenant) -> Principal:
     return Principal(tenant=rec.tenant, key_id=rec.key_id, models=rec.models, endpoints=rec.endpoints,
                      admin=rec.admin, operator=rec.admin and tenant.operator, tier=tenant.tier,
-                     pii=tenant.pii, tenant_limits=tenant.limits, key_limits=rec.limits)
+                     pii=tenant.pii, tenant_limits=tenant.limits, key_limits=rec.limits,
+                     retention_s=tenant.retention_s or 0)
 
 
 def _validated(struct_type: type, **fields: Any) -> Any:
@@ -81,6 +84,24 @@ def _validated(struct_type: type, **fields: Any) -> Any:
         if "at `$." in msg:
             param = msg.rsplit("at `$.", 1)[1].rstrip("`")
         raise InvalidRequest(f"Invalid value: {msg}", param=param) from None
+
+
+async def key_id_secret(js: JetStreamContext, configured: str = "", *, replicas: int = 1) -> bytes:
+    """The HMAC key of bootstrap key ids (proxy.auth.key_id_of): SWITCHYARD_KEY_ID_SECRET when set,
+    else 32 random bytes kept in KV `sy_server`, written once by the first replica to start, so every
+    replica on the same NATS (and every restart) derives the same ids."""
+    if configured:
+        return configured.encode()
+    kv = await ensure_bucket(js, BUCKET_SERVER, replicas=replicas, history=1)
+
+    async def create_or_read() -> bytes:
+        try:
+            await kv.create(KEY_ID_SECRET, secrets.token_bytes(32))
+        except KeyWrongLastSequenceError:
+            pass  # there is one already
+        return (await kv.get(KEY_ID_SECRET)).value
+
+    return await patiently(create_or_read)  # a new replicated bucket may have no leader yet
 
 
 class KeyStore:
@@ -161,7 +182,7 @@ class KeyStore:
             if p.tenant in self._tenants:
                 continue
             try:
-                await self.create_tenant(p.tenant, name=p.tenant, operator=p.admin)
+                await self.create_tenant(p.tenant, name=p.tenant, operator=p.operator)
             except (Conflict, InvalidRequest):
                 pass
 
@@ -238,6 +259,7 @@ class KeyStore:
             return principal
         t = tenant[0]
         return msgspec.structs.replace(principal, tier=t.tier, pii=t.pii, tenant_limits=t.limits,
+                                       retention_s=t.retention_s or 0,
                                        operator=principal.admin and (t.operator or principal.operator))
 
     authenticate = verify
@@ -251,10 +273,12 @@ class KeyStore:
         return sorted((t for t, _ in self._tenants.values()), key=lambda t: (t.created, t.id))
 
     async def create_tenant(self, tenant_id: str, *, name: str = "", tier: int = 3,
-                            limits: Limits = NO_LIMITS, pii: str = "off", operator: bool = False) -> Tenant:
+                            limits: Limits = NO_LIMITS, pii: str = "off", operator: bool = False,
+                            cors_origins: Iterable[str] = (), retention_s: int | None = None) -> Tenant:
         tenant = _validated(Tenant, id=tenant_id, name=name or tenant_id, tier=tier,
                             limits=msgspec.to_builtins(limits), pii=pii, operator=operator,
-                            created=round(self._clock(), 3))
+                            created=round(self._clock(), 3), cors_origins=list(cors_origins),
+                            retention_s=retention_s)
         try:
             rev = await self._tenants_kv.create(tenant.id, _encoder.encode(tenant))
         except KeyWrongLastSequenceError:
@@ -263,8 +287,9 @@ class KeyStore:
         return tenant
 
     async def update_tenant(self, tenant_id: str, **changes: Any) -> Tenant:
-        """Changes some of name, tier, limits, pii, operator (compare-and-set, retried on a race)."""
-        allowed = {"name", "tier", "limits", "pii", "operator"}
+        """Changes some of name, tier, limits, pii, operator, cors_origins, retention_s (compare-and-set,
+        retried on a race)."""
+        allowed = {"name", "tier", "limits", "pii", "operator", "cors_origins", "retention_s"}
         unknown = set(changes) - allowed
         if unknown:
             raise InvalidRequest(f"Unknown tenant field(s): {', '.join(sorted(unknown))}.")

@@ -68,10 +68,10 @@ def _structs() -> list[type]:
                          JobCreate, JobView, JobList, Health, Readiness, AdminList, SpeechRequest,
                          TranscriptionJSON, VerboseTranscription]
     try:
-        from proxy.serving_admin import KeyCreate, TenantCreate
+        from proxy.serving_admin import KeyCreate, TenantCreate, TenantUpdate
         from schemas.tenancy import KeyRecord, Tenant
 
-        found += [TenantCreate, KeyCreate, Tenant, KeyRecord]
+        found += [TenantCreate, TenantUpdate, KeyCreate, Tenant, KeyRecord]
     except ImportError:  # the admin API is optional
         pass
     return found
@@ -150,7 +150,8 @@ def _generation(tag: str, summary: str, request: str, result: str, chunk: str, s
         "tags": [tag], "summary": summary,
         "parameters": [IDEMPOTENCY, PREFER],
         "requestBody": {"required": True, "content": _json(request),
-                        "description": "OpenAI's request; unknown fields are passed to the engine."},
+                        "description": "OpenAI's request; other fields are a 400 unless the "
+                                       "model's `extra_params` name them."},
         "responses": {
             "200": _ok("`stream: false`: the result as JSON. `stream: true`: " + stream_text,
                        {**_json(result), **_sse(chunk, stream_text)},
@@ -312,6 +313,17 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
             "responses": {"200": _ok("The Prometheus text exposition format.",
                                      {"text/plain": {"schema": {"type": "string"}}})},
         },
+        **{("GET", path): {
+            "tags": ["operations"], "summary": "The chat page (static HTML; no key needed to load it)",
+            "security": [], "responses": {"200": _ok("The page.", {"text/html": {"schema": {"type": "string"}}})},
+        } for path in ("/", "/chat")},
+        ("GET", "/static/{name}"): {
+            "tags": ["operations"], "summary": "The chat page's script and style", "security": [],
+            "parameters": [_param("name", "path", "`chat.js`, `markdown.js` or `chat.css`.")],
+            "responses": {"200": _ok("The file.", {"text/javascript": {"schema": {"type": "string"}},
+                                                   "text/css": {"schema": {"type": "string"}}}),
+                          **_errors(404)},
+        },
         ("GET", "/openapi.json"): {
             "tags": ["operations"], "summary": "This document", "security": [],
             "responses": {"200": _ok("The OpenAPI 3.1 document.", _json({"type": "object"}))},
@@ -320,6 +332,12 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
             "tags": admin, "summary": "Create a tenant (operator admin keys only)",
             "requestBody": {"required": True, "content": _json("TenantCreate")},
             "responses": {"201": _ok("The tenant.", _json("Tenant")), **_errors(400, 401, 403, 409, 413)},
+        },
+        ("PATCH", "/admin/tenants/{tenant_id}"): {
+            "tags": admin, "summary": "Change a tenant (its own admin: `cors_origins` only)",
+            "parameters": [_param("tenant_id", "path", "The tenant's id.")],
+            "requestBody": {"required": True, "content": _json("TenantUpdate")},
+            "responses": {"200": _ok("The tenant.", _json("Tenant")), **_errors(400, 401, 403, 404, 413)},
         },
         ("GET", "/admin/tenants"): {
             "tags": admin, "summary": "List tenants (an operator sees all, others their own)",
@@ -344,6 +362,13 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
             "responses": {"200": _ok("The revoked key's record.", _json("KeyRecord")),
                           **_errors(401, 403, 404)},
         },
+        **{("POST", f"/admin/codec/{verb}"): {
+            "tags": admin, "summary": f"Temporal codec server: {verb} payloads (operator admin keys only)",
+            "description": "For `temporal workflow show --codec-endpoint <proxy>/admin/codec` and Temporal's UI: "
+                           "`{\"payloads\": [...]}` in protobuf JSON, through the AES-GCM payload codec.",
+            "requestBody": {"required": True, "content": _json(_PAYLOADS)},
+            "responses": {"200": _ok(f"The {verb}d payloads.", _json(_PAYLOADS)), **_errors(400, 401, 403, 413)},
+        } for verb in ("decode", "encode")},
         ("GET", "/admin/usage"): {
             "tags": admin, "summary": "A tenant's usage against its limits",
             "parameters": [_param("tenant", "query", "A tenant id (operators: any; others: their own).")],
@@ -354,6 +379,9 @@ def _operations() -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
+_PAYLOADS = {"type": "object", "required": ["payloads"], "properties": {"payloads": {"type": "array", "items": {
+    "type": "object", "properties": {"metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                                     "data": {"type": "string"}}}}}}
 _CONVERTER = re.compile(r"\{(\w+):\w+\}")
 
 

@@ -35,7 +35,8 @@ def as_pipeline(catalog: Catalog, job: PreparedJob) -> PreparedJob:
         inference = InferenceInput(
             job_id=first.job_id, model=target.id, endpoint=CHAT_ENDPOINT, created=first.created,
             body={"messages": messages, "max_tokens": min(stage.max_tokens, target.limits.max_tokens)},
-            options={"store_text": True}, tenant=first.tenant, stage=stage.name, stage_index=i, final=i == last)
+            options={"store_text": True}, tenant=first.tenant, stage=stage.name, stage_index=i, final=i == last,
+            retention_s=first.retention_s)
         steps.append(PipelineStep(inference=inference, task_queue=target.task_queue, timeouts=target.timeouts,
                                   retry=target.retry))
     inp = msgspec.structs.replace(job.inp, inference=first, task_queue=models[0].task_queue,

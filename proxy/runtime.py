@@ -33,6 +33,8 @@ class Runtime:
     keystore: Any = None  # proxy.keystore.KeyStore: tenants and keys, shared by every replica
     limiter: Any = None  # proxy.limits.Limiter
     settler: Any = None  # the task that settles finished jobs' token reservations
+    sweeper: Any = None  # the task that sweeps orphaned inputs from the object store (proxy.orphans)
+    reads: Any = None  # proxy.readlimits.ReadGate: this replica's read buckets and /events slots
 
     @classmethod
     async def start(cls, settings: ProxySettings) -> "Runtime":
@@ -40,26 +42,37 @@ class Runtime:
         temporal = await connect_temporal(settings.temporal_address, settings.namespace)
         await ensure_search_attributes(temporal, settings.namespace)
         nc = await nats.connect(servers=list(settings.nats_servers), name="switchyard-proxy",
-                                max_reconnect_attempts=-1)
+                                max_reconnect_attempts=-1,
+                                **await asyncio.to_thread(settings.nats_auth.connect_options))
         js = nc.jetstream()
         replicas = settings.nats_replicas
-        await ensure_stream(js, replicas=replicas)
+        retention = settings.jobs_retention
+        await ensure_stream(js, replicas=replicas, max_age_s=retention.max_age_s, max_bytes=retention.max_bytes)
         secrets = await ensure_secrets_bucket(js, replicas=replicas)
         from proxy.auth import KeyRing
-        from proxy.keystore import KeyStore
+        from proxy.keystore import KeyStore, key_id_secret
         from proxy.limits import Limiter
         from proxy.settlement import run_settler
 
-        keystore = await KeyStore.open(js, bootstrap=KeyRing(settings.api_keys), replicas=replicas)
+        id_secret = await key_id_secret(js, settings.key_id_secret, replicas=replicas)
+        keystore = await KeyStore.open(js, bootstrap=KeyRing(settings.api_keys, id_secret), replicas=replicas)
         limiter = await Limiter.open(js, replicas=replicas)
         rt = cls(settings, catalog, temporal, nc, js, secrets, objects=object_store_from_env(),
                  claim_check_bytes=claim_check_bytes(), keystore=keystore, limiter=limiter)
         rt.settler = asyncio.ensure_future(run_settler(js, limiter, replicas=replicas))
+        from proxy.orphans import run_orphan_sweeper, temporal_job_state
+        from proxy.readlimits import ReadGate
+
+        rt.reads = ReadGate(settings.reads)
+        rt.sweeper = asyncio.ensure_future(run_orphan_sweeper(
+            js, rt.objects, temporal_job_state(temporal), interval_s=settings.orphan_sweep_s,
+            ttl_s=settings.orphan_ttl_s, replicas=replicas))
         return rt
 
     async def close(self) -> None:
-        if self.settler is not None:
-            self.settler.cancel()
+        for task in (self.settler, self.sweeper):
+            if task is not None:
+                task.cancel()
         if self.keystore is not None:
             await self.keystore.close()
         if self.objects is not None:

@@ -6,6 +6,8 @@ Who may do what:
   `operator: true`) manages every tenant;
 - an admin key of another tenant manages its own tenant only: its keys and its usage. Another tenant's
   resources answer 404, exactly as if they did not exist; creating tenants is 403.
+- a new key never holds more than the key creating it: each of its model and endpoint globs is
+  covered by one of the creator's, and each limit the creator's key has is set, no higher (else 403).
 
 Keys are returned once, by `POST /admin/keys`; nothing here logs a key or a body.
 """
@@ -20,11 +22,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy.auth import Principal, bearer_token
+from proxy.auth import Principal, bearer_token, glob_covers
 from proxy.body import read_json_body
+from proxy.cors import parse_origins
 from proxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from proxy.keystore import key_view, tenant_view
-from schemas.tenancy import Limits, PIIPolicy, parse_tier
+from schemas.tenancy import Limits, PIIPolicy, RetentionSeconds, parse_tier
 
 _encoder = msgspec.json.Encoder()
 _BODY_LIMIT = 64 * 1024
@@ -37,6 +40,18 @@ class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
     pii: PIIPolicy = "off"
     limits: Limits = Limits()
     operator: bool = False
+    cors_origins: tuple[str, ...] = ()
+    retention_s: Union[RetentionSeconds, None] = None
+
+
+class TenantUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """Only the fields given change. A tenant's own admin may change `cors_origins` only."""
+    name: Union[str, None] = None
+    tier: Union[int, str, None] = None
+    pii: Union[PIIPolicy, None] = None
+    limits: Union[Limits, None] = None
+    cors_origins: Union[tuple[str, ...], None] = None
+    retention_s: Union[RetentionSeconds, None] = None
 
 
 class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -113,8 +128,35 @@ async def create_tenant(request: Request) -> Response:
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="tier") from None
     tenant = await _runtime(request).keystore.create_tenant(
-        body.id, name=body.name, tier=tier, limits=body.limits, pii=body.pii, operator=body.operator)
+        body.id, name=body.name, tier=tier, limits=body.limits, pii=body.pii, operator=body.operator,
+        cors_origins=_origins(body.cors_origins), retention_s=body.retention_s)
     return _json(tenant_view(tenant), 201)
+
+
+def _origins(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    if len(patterns) > 64:
+        raise InvalidRequest("cors_origins takes at most 64 origins.", param="cors_origins")
+    try:
+        return parse_origins(patterns) if patterns else ()
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="cors_origins") from None
+
+
+async def update_tenant(request: Request) -> Response:
+    p = _admin(request)
+    tenant_id = _tenant_for(p, request, request.path_params["tenant_id"])
+    body: TenantUpdate = await _body(request, TenantUpdate)
+    changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
+    if not p.operator and set(changes) - {"cors_origins"}:
+        raise Forbidden("Only an operator's admin key can change a tenant's name, tier, pii, limits or retention_s.")
+    if "tier" in changes:
+        try:
+            changes["tier"] = parse_tier(changes["tier"])
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="tier") from None
+    if "cors_origins" in changes:
+        changes["cors_origins"] = _origins(changes["cors_origins"])
+    return _json(tenant_view(await _runtime(request).keystore.update_tenant(tenant_id, **changes)))
 
 
 async def list_tenants(request: Request) -> Response:
@@ -134,12 +176,27 @@ async def create_key(request: Request) -> Response:
         if body.expires_in_days <= 0:
             raise InvalidRequest("expires_in_days must be positive.", param="expires_in_days")
         expires = time.time() + body.expires_in_days * 86400
+    _check_grant(p, body)
     key, rec = await _runtime(request).keystore.create_key(
         tenant, name=body.name, models=body.models, endpoints=body.endpoints, admin=body.admin,
         limits=body.limits, expires=expires)
     out = key_view(rec)
     out["key"] = key   # shown once; only its SHA-256 digest is stored
     return _json(out, 201)
+
+
+def _check_grant(p: Principal, body: KeyCreate) -> None:
+    """A key never grants more than its creator's key holds: scopes and limits (else 403). The role
+    cannot rise either: only admin keys get here, and `operator` is the tenant's, not the key's."""
+    for param, wanted, held in (("models", body.models, p.models), ("endpoints", body.endpoints, p.endpoints)):
+        for glob in wanted or ("*",):
+            if not any(glob_covers(h, glob) for h in held):
+                raise Forbidden(f"'{glob}' in {param} is wider than your own key's {param}.", param=param)
+    for field in msgspec.structs.fields(Limits):
+        held, wanted = getattr(p.key_limits, field.name), getattr(body.limits, field.name)
+        if held is not None and (wanted is None or wanted > held):
+            raise Forbidden(f"limits.{field.name} must be set, at most {held} (your own key's limit).",
+                            param=f"limits.{field.name}")
 
 
 async def list_keys(request: Request) -> Response:
@@ -178,6 +235,7 @@ async def usage(request: Request) -> Response:
 ROUTES = [
     Route("/admin/tenants", create_tenant, methods=["POST"]),
     Route("/admin/tenants", list_tenants, methods=["GET"]),
+    Route("/admin/tenants/{tenant_id}", update_tenant, methods=["PATCH"]),
     Route("/admin/keys", create_key, methods=["POST"]),
     Route("/admin/keys", list_keys, methods=["GET"]),
     Route("/admin/keys/{key_id}/revoke", revoke_key, methods=["POST"]),

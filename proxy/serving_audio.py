@@ -1,9 +1,9 @@
 """POST /v1/audio/transcriptions, /v1/audio/translations (multipart in) and /v1/audio/speech.
 
-An upload goes to the object store first; only its reference travels through Temporal (Temporal
-refuses payloads over 2 MB). A transcription's result is stored in the asked format and sent back
-from the store. Speech is streamed: the audio bytes come as the engine makes them, through the
-job's event stream; the whole file is also stored as the job's result.
+An upload is admitted first (scopes, limits), then written to the object store; only its reference
+travels through Temporal (Temporal refuses payloads over 2 MB). A transcription's result is stored
+in the asked format and sent back from the store. Speech is streamed: the audio bytes come as the
+engine makes them, through the job's event stream; the whole file is also stored as the job's result.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from proxy.auth import Principal
 from proxy.chunks import ResultAssembler, ResultWriter
 from proxy.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable
 from proxy.gatekeeping import admit_job
-from proxy.jobs import accepted_response, prefers_async, start_job
+from proxy.jobs import accepted_response, prefers_async, release_admission, start_job
 from proxy.pipelines import as_pipeline
 from proxy.runtime import Runtime
 from proxy.results import stored_result
@@ -175,9 +175,16 @@ async def _transcribe(request: Request, endpoint: str) -> Response:
     fields, upload = await read_form(request)
     job = prepare_transcription(rt, request.state.principal, fields, upload, endpoint,
                                 request.headers.get("idempotency-key"))
-    job = await _store_upload(rt, job, upload)
+    request.state.model, request.state.job_id = job.model.id, job.job_id
+    # Admitted before the upload is stored: a refused request leaves nothing in the store.
+    job = await admit_job(request, rt, request.state.principal, job)
+    try:
+        job = await _store_upload(rt, job, upload)
+    except BaseException:
+        await release_admission(rt, job.inp)
+        raise
     chunks = ResultWriter(job.job_id, job.model.id, job.memo.created, False)
-    return await serve_job(request, rt, job, chunks, ResultAssembler(chunks), stored_result)
+    return await serve_job(request, rt, job, chunks, ResultAssembler(chunks), stored_result, admitted=True)
 
 
 async def transcriptions(request: Request) -> Response:

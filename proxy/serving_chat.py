@@ -10,11 +10,13 @@ from starlette.responses import Response
 from proxy.auth import Principal
 from proxy.chunks import ChunkWriter, CompletionAssembler
 from proxy.errors import InvalidRequest
+from proxy.params import check_content_parts
 from proxy.runtime import Runtime
 from proxy.serving_flow import (
     PreparedJob,
     check_max_tokens,
     convert_request,
+    engine_entry,
     find_model,
     new_streamed_job,
     serve_endpoint,
@@ -42,14 +44,35 @@ def check_limits(req: ChatCompletionRequest, model: ModelEntry) -> None:
     check_max_tokens(req, model, ("max_tokens", "max_completion_tokens"))
 
 
+def check_message_count(raw: dict[str, Any], model: ModelEntry) -> None:
+    """Before the messages are validated one by one: a count over the model's limit is a 400."""
+    messages, most = raw.get("messages"), model.limits.max_messages
+    if isinstance(messages, list) and len(messages) > most:
+        raise InvalidRequest(f"'messages' has {len(messages)} items; this model takes at most {most}.",
+                             param="messages", code="too_many_messages")
+
+
+def default_max_tokens(req: ChatCompletionRequest, model: ModelEntry) -> dict[str, int]:
+    """The engine body's `max_tokens` when the request names no limit: the catalog's default, which
+    admission then reserves (an engine's own default is the context's end)."""
+    if isinstance(req.max_tokens, int) or isinstance(req.max_completion_tokens, int):
+        return {}
+    return {"max_tokens": min(model.limits.default_max_tokens, model.limits.max_tokens)}
+
+
 def prepare_chat(rt: Runtime, principal: Principal, raw: dict[str, Any], idempotency_key: str | None,
                  metadata: dict[str, str] | None = None, webhook_url: str = "") -> PreparedChat:
+    known = rt.catalog.get(raw["model"]) if isinstance(raw.get("model"), str) else None
+    if known is not None:
+        check_message_count(raw, known)
     req = validate_chat(raw)
     model = find_model(rt, req.model, CHAT)
     check_limits(req, model)
-    return new_streamed_job(principal, model, CHAT, req, raw, prefix="chatcmpl", idempotency_key=idempotency_key,
+    check_content_parts(req, engine_entry(rt, model))
+    return new_streamed_job(principal, model, CHAT, req, raw, prefix="chatcmpl",
+                            defaults=default_max_tokens(req, model), idempotency_key=idempotency_key,
                             metadata=metadata, webhook_url=webhook_url)
 
 
 async def chat_completions(request: Request) -> Response:
-    return await serve_endpoint(request, prepare_chat, ChunkWriter, CompletionAssembler)
+    return await serve_endpoint(request, CHAT, prepare_chat, ChunkWriter, CompletionAssembler)

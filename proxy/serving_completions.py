@@ -57,4 +57,4 @@ def prepare_completion(rt: Runtime, principal: Principal, raw: dict[str, Any], i
 
 
 async def completions(request: Request) -> Response:
-    return await serve_endpoint(request, prepare_completion, TextChunkWriter, TextCompletionAssembler)
+    return await serve_endpoint(request, COMPLETIONS, prepare_completion, TextChunkWriter, TextCompletionAssembler)

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from proxy.auth import Principal
 from proxy.chunks import ResultAssembler, ResultWriter
 from proxy.errors import InvalidRequest
+from proxy.params import engine_body
 from proxy.results import stored_result
 from proxy.runtime import Runtime
 from proxy.serving_flow import PreparedJob, convert_request, find_model, new_job, serve_endpoint
@@ -51,7 +52,7 @@ def prepare_embedding(rt: Runtime, principal: Principal, raw: dict[str, Any], id
     req = convert_request(raw, EmbeddingRequest)
     check_input(req.input)
     model = find_model(rt, req.model, EMBEDDINGS)
-    body = {k: v for k, v in raw.items() if k != "encoding_format"}  # engines answer floats
+    body = engine_body(raw, EMBEDDINGS, model)  # without encoding_format: engines answer floats
     options: dict[str, Any] = {"encoding_format": req.encoding_format}
     if isinstance(req.dimensions, int):
         spec = model.embeddings
@@ -69,4 +70,4 @@ def prepare_embedding(rt: Runtime, principal: Principal, raw: dict[str, Any], id
 
 
 async def embeddings(request: Request) -> Response:
-    return await serve_endpoint(request, prepare_embedding, ResultWriter, ResultAssembler, stored_result)
+    return await serve_endpoint(request, EMBEDDINGS, prepare_embedding, ResultWriter, ResultAssembler, stored_result)

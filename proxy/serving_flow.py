@@ -18,12 +18,13 @@ from temporalio.client import WorkflowExecutionStatus
 
 from adapters.registry import engine_capabilities
 from proxy.auth import Principal
-from proxy.body import read_json_body
+from proxy.body import decode_json_object, peek_model, read_body
 from proxy.chunks import ChunkWriter, CompletionAssembler, terminal_error
 from proxy.errors import InvalidRequest, NotFound, ServiceUnavailable, envelope_bytes
 from proxy.jobs import JobMemo, accepted_response, cancel_job, goes_direct, body_hash, new_job_id, prefers_async, start_job
 from proxy.relay import EventFeed, first_batch
-from proxy.gatekeeping import admit_job
+from proxy.gatekeeping import Forbidden, admit_job
+from proxy.params import engine_body
 from proxy.runtime import Runtime
 from proxy.sse import CHUNK, DONE_DATA, END, KEEPALIVE, SSEResponse, render
 from schemas.catalog import ModelEntry
@@ -95,6 +96,24 @@ def find_model(rt: Runtime, name: str, endpoint: str) -> ModelEntry:
     return model
 
 
+def engine_entry(rt: Runtime, model: ModelEntry) -> ModelEntry:
+    """The entry whose engine takes the request: the model's own, or its pipeline's first stage's."""
+    return (rt.catalog.get(model.pipeline[0].model) or model) if model.pipeline else model
+
+
+def check_access(rt: Runtime, principal: Principal, endpoint: str, name: str | None) -> None:
+    """The refusals that need no more of the body than its `model`: the key's endpoint and model
+    scopes (403/404, as admission answers them) and the model's existence and capability."""
+    if not principal.allows_endpoint(endpoint):
+        raise Forbidden(f"This API key may not call {endpoint}.")
+    if name is None:
+        return
+    model = find_model(rt, name, endpoint)
+    if not principal.allows_model(model.id):
+        raise NotFound(f"The model '{model.id}' does not exist or you do not have access to it.",
+                       param="model", code="model_not_found")
+
+
 class PreparedJob(msgspec.Struct):
     request: Any  # the validated request struct
     model: ModelEntry
@@ -123,7 +142,7 @@ def new_job(principal: Principal, model: ModelEntry, endpoint: str, request: Any
     inp = WorkflowInput(
         inference=InferenceInput(job_id=job_id, model=model.id, endpoint=endpoint, body=body,
                                  created=created, include_usage=include_usage, options=options or {},
-                                 tenant=principal.tenant),
+                                 tenant=principal.tenant, retention_s=principal.retention_s),
         task_queue=model.task_queue, timeouts=model.timeouts, retry=model.retry, webhook_url=webhook_url)
     memo = JobMemo(tenant=principal.tenant, endpoint=endpoint, model=model.id, created=created,
                    body_hash=body_hash(endpoint, raw), stream=stream, include_usage=include_usage,
@@ -136,7 +155,7 @@ def new_streamed_job(principal: Principal, model: ModelEntry, endpoint: str, req
     """A job whose request may stream: `stream` and `stream_options` are the proxy's business (the
     adapter always streams from the engine); `defaults` fill the engine body's missing fields."""
     include_usage = bool(request.stream and request.stream_options and request.stream_options.include_usage)
-    body = {k: v for k, v in raw.items() if k not in ("stream", "stream_options")}
+    body = engine_body(raw, endpoint, model)
     for name, value in (defaults or {}).items():
         if body.get(name) is None:
             body[name] = value
@@ -152,23 +171,30 @@ async def json_response(rt: Runtime, result: Any, headers: dict[str, str]) -> Re
     return Response(_encoder.encode(result), media_type="application/json", headers=headers)
 
 
-async def serve_endpoint(request: Request, prepare: Prepare, writer: type[ChunkWriter],
+async def serve_endpoint(request: Request, endpoint: str, prepare: Prepare, writer: type[ChunkWriter],
                          assembler: type[CompletionAssembler], respond: Respond = json_response) -> Response:
-    """An OpenAI endpoint: read the body, prepare the job, serve it."""
+    """An OpenAI endpoint: read the body, prepare the job, serve it. What can be refused from the
+    key and the body's `model` alone is refused before the body is decoded."""
     rt: Runtime = request.app.state.runtime
-    raw = await read_json_body(request, rt.settings.max_body_bytes)
-    job = prepare(rt, request.state.principal, raw, request.headers.get("idempotency-key"))
+    principal = request.state.principal
+    check_access(rt, principal, endpoint, None)
+    data = await read_body(request, rt.settings.max_body_bytes)
+    check_access(rt, principal, endpoint, peek_model(data))
+    raw = decode_json_object(data)
+    job = prepare(rt, principal, raw, request.headers.get("idempotency-key"))
     chunks = writer(job.job_id, job.model.id, job.memo.created, job.memo.include_usage)
     return await serve_job(request, rt, job, chunks, assembler(chunks), respond)
 
 
 async def serve_job(request: Request, rt: Runtime, job: PreparedJob, chunks: ChunkWriter,
-                    assembler: CompletionAssembler, respond: Respond = json_response) -> Response:
-    """Starts the job and answers: 202 for `Prefer: respond-async`, an SSE stream, or the assembled
-    result passed to `respond`."""
+                    assembler: CompletionAssembler, respond: Respond = json_response,
+                    admitted: bool = False) -> Response:
+    """Starts the job (admitting it, unless `admitted` already) and answers: 202 for `Prefer:
+    respond-async`, an SSE stream, or the assembled result passed to `respond`."""
     request.state.model = job.model.id
     request.state.job_id = job.job_id
-    job = await admit_job(request, rt, request.state.principal, job)
+    if not admitted:
+        job = await admit_job(request, rt, request.state.principal, job)
     if prefers_async(request):
         await start_job(rt, job.inp, job.model, job.memo, direct=goes_direct(request.headers, job.memo.endpoint))
         return await accepted_response(rt, job.job_id, job.memo.tenant, prefer_applied=True)

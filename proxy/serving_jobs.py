@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any, AsyncIterator
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy.auth import Principal
 from proxy.body import read_json_body
 from proxy.chunks import ChunkWriter, assembler_for, terminal_error, writer_for
-from proxy.errors import APIError, InvalidRequest, ServiceUnavailable
-from proxy.jobs import (Job, JobView, accepted_response, etag_of, goes_direct, list_jobs, load_job,
+from proxy.errors import APIError, InvalidRequest, NotFound, ServiceUnavailable
+from proxy.jobs import (Job, JobView, ScanBudget, accepted_response, etag_of, goes_direct, list_jobs, load_job,
                         release_admission, start_job)
 from proxy.relay import EventFeed, parse_event_id
 from proxy.gatekeeping import admit_job
@@ -19,17 +21,20 @@ from proxy.runtime import Runtime
 from proxy.serving_audio import SPEECH, prepare_speech
 from proxy.serving_chat import CHAT, prepare_chat
 from proxy.serving_completions import COMPLETIONS, prepare_completion
-from proxy.results import stored_result
+from proxy.readlimits import read_limited, stream_limited
+from proxy.results import result_events, stored_result
 from proxy.serving_embeddings import EMBEDDINGS, prepare_embedding
 from proxy.sse import CHUNK, KEEPALIVE, LIFECYCLE, Part, SSEResponse, frame_id, render, resume_seq
-from orchestration.streams import read_events
 from orchestration.webhooks import WebhookTargetError, check_target, parse_secret
+from schemas.catalog import Catalog
 from schemas.events import Cancelled, Delta, Failed, Finished, JobEvent, Restarted, Started
+from schemas.jobs import TRANSCRIPTIONS_ENDPOINT, TRANSLATIONS_ENDPOINT
 
 _encoder = msgspec.json.Encoder()
 PREPARE = {CHAT: prepare_chat, COMPLETIONS: prepare_completion, EMBEDDINGS: prepare_embedding,
            SPEECH: prepare_speech}
 ENDPOINTS = tuple(PREPARE)
+JOB_ENDPOINTS = (*ENDPOINTS, TRANSCRIPTIONS_ENDPOINT, TRANSLATIONS_ENDPOINT)  # every memo.endpoint
 
 
 class Webhook(msgspec.Struct, forbid_unknown_fields=True):
@@ -95,11 +100,40 @@ async def create_job(request: Request) -> Response:
     return await accepted_response(rt, chat.job_id, chat.memo.tenant)
 
 
-async def _job(request: Request) -> Job:
+def scope_clause(principal: Principal, catalog: Catalog) -> str | None:
+    """The visibility clause keeping a listing to the key's endpoint and model globs (expanded over the
+    job endpoints and the catalog): "" for a key that sees every job, None for one that sees none."""
+    clause = ""
+    for attribute, globs, values in (("SwitchyardEndpoint", principal.endpoints, JOB_ENDPOINTS),
+                                     ("SwitchyardModel", principal.models, [m.id for m in catalog.models])):
+        if "*" in globs:
+            continue
+        allowed = [v for v in values if any(fnmatch.fnmatchcase(v, g) for g in globs)]
+        if not allowed:
+            return None
+        quoted = ", ".join(f"'{v}'" for v in allowed)  # endpoints and catalog ids hold no quotes
+        clause += f" AND {attribute} IN ({quoted})"
+    return clause
+
+
+def _scope_of(job: Job) -> tuple[str, str]:
+    return job.memo.endpoint, job.memo.model
+
+
+async def _job(request: Request, job_id: str | None = None, param: str | None = None) -> Job:
+    """The job, if it is the caller's tenant's and within its key's scopes; else 404, as if it did not exist."""
     rt: Runtime = request.app.state.runtime
-    job_id = request.path_params["job_id"]
-    request.state.job_id = job_id
-    return await load_job(rt, job_id, request.state.principal.tenant)
+    if job_id is None:
+        job_id = request.state.job_id = request.path_params["job_id"]
+    principal = request.state.principal
+    not_found = NotFound(f"No job found with id '{job_id}'.", param=param, code="job_not_found")
+    try:
+        job = await load_job(rt, job_id, principal.tenant)
+    except NotFound:
+        raise not_found from None
+    if not principal.sees_job(*_scope_of(job)):
+        raise not_found
+    return job
 
 
 async def get_job(request: Request) -> Response:
@@ -122,13 +156,14 @@ async def cancel(request: Request) -> Response:
     return _job_json(job.view, extra={"cancel-requested": "false" if job.view.finished else "true"})
 
 
+@read_limited
 async def result(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     job = await _job(request)
     chunks = writer_for(job.memo.endpoint, job.view.id, job.memo.model, job.memo.created, False)
     assembler = assembler_for(job.memo.endpoint, chunks)
     # The result is there once its event is, a moment before the workflow itself closes.
-    events = await read_events(rt.js, job.view.id)
+    events = await result_events(rt, job.view.id, job.memo.endpoint)
     if not job.view.finished and not any(isinstance(e, Finished) for e in events):
         raise APIError(f"Job '{job.view.id}' has not finished (status: {job.view.status}).", status=409,
                        type="invalid_request_error", code="job_not_finished", headers={"retry-after": "1"})
@@ -145,6 +180,7 @@ async def result(request: Request) -> Response:
     raise APIError("The job was cancelled.", status=409, type="invalid_request_error", code="job_cancelled")
 
 
+@read_limited
 async def list_all(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     try:
@@ -153,14 +189,33 @@ async def list_all(request: Request) -> Response:
         raise InvalidRequest("limit must be an integer.", param="limit") from None
     if not 1 <= limit <= 100:
         raise InvalidRequest("limit must be between 1 and 100.", param="limit")
-    tenant = request.state.principal.tenant
-    ids, has_more = await list_jobs(rt, tenant, limit, request.query_params.get("after"))
-    views = [(await load_job(rt, i, tenant)).view for i in ids]
+    principal = request.state.principal
+    views: list[JobView] = []
+    has_more = False
+    budget = ScanBudget(rt.settings.reads.list_scan, rt.settings.reads.list_queries)  # for the whole call
+    after = request.query_params.get("after")
+    if after:
+        await _job(request, after, param="after")
+    scope = scope_clause(principal, rt.catalog)
+    while scope is not None:  # pages of the tenant's jobs within the key's scopes
+        ids, has_more = await list_jobs(rt, principal.tenant, limit, after, budget, scope)
+        for i in ids:
+            job = await load_job(rt, i, principal.tenant)
+            if not principal.sees_job(*_scope_of(job)):
+                continue
+            if len(views) == limit:
+                has_more = True
+                break
+            views.append(job.view)
+        if len(views) == limit or not has_more or not ids:
+            break
+        after = ids[-1]
     body = {"object": "list", "data": views, "has_more": has_more,
             "first_id": views[0].id if views else None, "last_id": views[-1].id if views else None}
     return Response(_encoder.encode(body), media_type="application/json")
 
 
+@stream_limited
 async def events(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     job = await _job(request)

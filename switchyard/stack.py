@@ -50,6 +50,7 @@ def run_stack(workers: int = 2, triton: bool = True, grace: float = 2.0) -> int:
     saved = json.loads(ports_file.read_text()) if ports_file.exists() else {}
     ports = {
         "temporal": _port("SWITCHYARD_TEMPORAL_PORT", saved, "temporal"),
+        "temporal_ui": _port("SWITCHYARD_TEMPORAL_UI_PORT", saved, "temporal_ui"),
         "nats": _port("SWITCHYARD_NATS_PORT", saved, "nats"),
         "engine": _port("SWITCHYARD_ENGINE_PORT", saved, "engine"),
         "embed": _port("SWITCHYARD_EMBED_ENGINE_PORT", saved, "embed"),
@@ -68,6 +69,7 @@ def run_stack(workers: int = 2, triton: bool = True, grace: float = 2.0) -> int:
         "SWITCHYARD_OBJECT_DIR": os.environ.get("SWITCHYARD_OBJECT_DIR", str(var / "objects")),
         "SWITCHYARD_PORT": str(ports["proxy"]),
         "SWITCHYARD_DEMO_KEY": key,
+        "SWITCHYARD_PAYLOAD_KEYS": os.environ.get("SWITCHYARD_PAYLOAD_KEYS") or _payload_keys(var),
     }
     os.environ.update(env)
     sup = Supervisor()
@@ -80,7 +82,7 @@ def run_stack(workers: int = 2, triton: bool = True, grace: float = 2.0) -> int:
         if with_triton:  # it loads its models while the rest starts
             triton_proc = sup.add("triton", partial(spawn_triton, ports["triton"], log_dir, run_dir))
         temporal = sup.add("temporal", partial(spawn_temporal, ports["temporal"], var / "temporal.db",
-                                               log_dir, run_dir))
+                                               log_dir, run_dir, ports["temporal_ui"]))
         nats = sup.add("nats", partial(spawn_nats, ports["nats"], var / "js", log_dir, run_dir))
         engine = sup.add("engine", partial(spawn_engine, ports["engine"], log_dir, run_dir))
         embed = sup.add("embed-engine", partial(spawn_embedding_engine, ports["embed"], log_dir, run_dir))
@@ -98,19 +100,8 @@ def run_stack(workers: int = 2, triton: bool = True, grace: float = 2.0) -> int:
             sup.add(name, partial(start_python, name, ["worker"], log_dir, run_dir, _worker_env(env, i)))
         proxy = sup.add("proxy", partial(start_python, "proxy", ["proxy"], log_dir, run_dir, env))
         wait_http(proxy, f"http://127.0.0.1:{ports['proxy']}/healthz", 60)
-        print(f"\nSwitchyard is up in {time.monotonic() - t0:.1f}s\n"
-              f"  base URL : http://127.0.0.1:{ports['proxy']}/v1\n"
-              f"  API key  : {key}\n"
-              f"  workers  : {workers} (a crashed process is restarted)\n"
-              f"  logs     : {log_dir}/\n"
-              f"Try: curl -N http://127.0.0.1:{ports['proxy']}/v1/chat/completions "
-              f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
-              "-d '{\"model\":\"smollm2-135m-instruct\",\"stream\":true,"
-              "\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}]}'\n"
-              f"     curl http://127.0.0.1:{ports['proxy']}/v1/audio/speech -H 'Authorization: Bearer {key}' "
-              "-H 'Content-Type: application/json' -d '{\"model\":\"hibari-tts\",\"voice\":\"alloy\","
-              "\"input\":\"Hello from Switchyard.\",\"response_format\":\"wav\"}' -o hello.wav\n"
-              "Ctrl-C stops everything.", flush=True)
+        wait_http(temporal, f"http://127.0.0.1:{ports['temporal_ui']}/", 30)
+        print(banner(ports, key, workers, log_dir, time.monotonic() - t0), flush=True)
         sup.run()
         return 0  # not reached: run() returns only by an exception
     except KeyboardInterrupt:
@@ -126,6 +117,26 @@ def run_stack(workers: int = 2, triton: bool = True, grace: float = 2.0) -> int:
         killed = sup.stop(grace)
         print(f"stopped {len(sup.services)} processes in {time.monotonic() - t_stop:.1f}s"
               + (f" (SIGKILL after {grace:g}s: {', '.join(killed)})" if killed else ""), flush=True)
+
+
+def banner(ports: dict[str, int], key: str, workers: int, log_dir: Path, took_s: float) -> str:
+    base = f"http://127.0.0.1:{ports['proxy']}"
+    return (f"\nSwitchyard is up in {took_s:.1f}s\n"
+            f"  base URL    : {base}/v1\n"
+            f"  API key     : {key}\n"
+            f"  chat page   : {base}/chat  (paste the API key)\n"
+            f"  Temporal UI : http://127.0.0.1:{ports['temporal_ui']}/namespaces/default/workflows\n"
+            f"  workers     : {workers} (a crashed process is restarted)\n"
+            f"  logs        : {log_dir}/\n"
+            f"Try: curl -N {base}/v1/chat/completions "
+            f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+            "-d '{\"model\":\"smollm2-135m-instruct\",\"stream\":true,"
+            "\"messages\":[{\"role\":\"user\",\"content\":\"Hello!\"}]}'\n"
+            f"     curl {base}/v1/audio/speech -H 'Authorization: Bearer {key}' "
+            "-H 'Content-Type: application/json' -d '{\"model\":\"hibari-tts\",\"voice\":\"alloy\","
+            "\"input\":\"Hello from Switchyard.\",\"response_format\":\"wav\"}' -o hello.wav\n"
+            f"     switchyard jobs list    # then: switchyard jobs tail <id>\n"
+            "Ctrl-C stops everything.")
 
 
 def _worker_env(env: dict[str, str], i: int) -> dict[str, str]:
@@ -145,6 +156,20 @@ def _demo_key(var: Path) -> str:
     path.write_text(key + "\n")
     path.chmod(0o600)
     return key
+
+
+def _payload_keys(var: Path) -> str:
+    """The stack's Temporal payload key, kept next to its database (a new one per start could not
+    decode the histories already there)."""
+    from orchestration.codec import new_key_entry
+
+    path = var / "payload_keys"
+    if path.exists():
+        return path.read_text().strip()
+    entry = new_key_entry()
+    path.touch(0o600)
+    path.write_text(entry + "\n")
+    return entry
 
 
 def _interrupt(signum: int, frame: object) -> None:

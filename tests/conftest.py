@@ -17,6 +17,7 @@ import openai
 import pytest
 from temporalio.client import Client
 
+from orchestration.codec import new_key_entry
 from orchestration.converter import data_converter
 from switchyard.processes import (
     ROOT,
@@ -36,6 +37,9 @@ from tests.triton_server import start_triton, stop_triton
 
 MODEL = "smollm2-135m-instruct"
 OTHER_KEY = "sk-sy-other-" + uuid.uuid4().hex
+# Payloads in Temporal are encrypted in tests too: the stack's processes inherit this key, and this
+# process's clients (the `temporal` fixture, replays) read it through orchestration.converter.
+os.environ.setdefault("SWITCHYARD_PAYLOAD_KEYS", new_key_entry("test"))
 
 
 @dataclass
@@ -94,7 +98,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         "SWITCHYARD_CATALOG": str(ROOT / "tests" / "catalog.yaml"),
         "SWITCHYARD_PORT": str(ports["proxy"]),
         "SWITCHYARD_DEMO_KEY": key,
-        "SWITCHYARD_API_KEYS": f"other-tenant={OTHER_KEY}",
+        "SWITCHYARD_PAYLOAD_KEYS": os.environ["SWITCHYARD_PAYLOAD_KEYS"],
+        "SWITCHYARD_API_KEYS": f"other-tenant:user:{OTHER_KEY}",
         "SWITCHYARD_KEEPALIVE_S": "1",
         "SWITCHYARD_HEADER_WAIT_S": "4",
         "SWITCHYARD_LOG_LEVEL": "DEBUG",

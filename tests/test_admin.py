@@ -38,7 +38,7 @@ class World(types.SimpleNamespace):
 async def world(nats_url: str):
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    store = await KeyStore.open(js, bootstrap=KeyRing((OPERATOR_KEY,)))
+    store = await KeyStore.open(js, bootstrap=KeyRing((f"demo:operator:{OPERATOR_KEY}",)))
     limiter = await Limiter.open(js)
     app = Starlette(routes=ROUTES, exception_handlers={APIError: handle_api_error,
                                                        HTTPException: handle_http_exception})
@@ -197,3 +197,29 @@ async def test_revoked_admin_key_loses_access_at_once(world) -> None:
     assert r.status_code == 200
     await asyncio.sleep(0)
     assert (await _call(w, "GET", "/admin/keys", None, key)).status_code == 401
+
+
+async def test_a_key_never_grants_more_than_its_creator_holds(world) -> None:
+    w = world
+    creator, _ = await w.store.create_key(w.acme, admin=True, models=["llama-*"],
+                                          endpoints=["/admin/*", "/v1/chat/*"], limits=Limits(rpm=10))
+    refused = [
+        ({"models": ["*"], "limits": {"rpm": 10}}, "models"),
+        ({"models": ["mistral-7b"], "limits": {"rpm": 10}}, "models"),
+        ({"models": ["llama-3"], "endpoints": ["*"], "limits": {"rpm": 10}}, "endpoints"),
+        ({"models": ["llama-3"], "endpoints": ["/v1/embeddings"], "limits": {"rpm": 10}}, "endpoints"),
+        ({"models": ["llama-3"], "endpoints": ["/v1/chat/*"]}, "limits.rpm"),                # unlimited
+        ({"models": ["llama-3"], "endpoints": ["/v1/chat/*"], "limits": {"rpm": 11}}, "limits.rpm"),
+    ]
+    for body, param in refused:
+        r = await _call(w, "POST", "/admin/keys", body, creator)
+        assert r.status_code == 403, (body, r.text)
+        err = r.json()["error"]
+        assert err["code"] == "forbidden" and err["param"] == param, r.text
+    body = {"models": ["llama-*", "llama-3"], "endpoints": ["/v1/chat/completions"], "admin": True,
+            "limits": {"rpm": 5, "tpm": 1000}}
+    r = await _call(w, "POST", "/admin/keys", body, creator)
+    assert r.status_code == 201, r.text
+    p = w.store.verify(r.json()["key"])
+    assert p.models == ("llama-*", "llama-3") and p.endpoints == ("/v1/chat/completions",)
+    assert p.key_limits == Limits(rpm=5, tpm=1000) and p.admin and not p.operator

@@ -47,10 +47,10 @@ def invalid(response: httpx.Response, status: int = 400, param: str | None = Non
 
 
 def nested(depth: int) -> bytes:
-    """A chat body whose `metadata_blob` (an unknown, tolerated field) nests arrays: the body is
-    `depth` levels deep in all."""
+    """A chat body whose `metadata_blob` (an unknown field) nests arrays: the body is `depth` levels
+    deep in all. An unknown `model` is refused before the decode (proxy/serving_flow.check_access)."""
     inner = "[" * (depth - 1) + "]" * (depth - 1)
-    return (f'{{"model": "no-such-model", "messages": [{{"role": "user", "content": "hi"}}], '
+    return (f'{{"model": "{MODEL}", "messages": [{{"role": "user", "content": "hi"}}], '
             f'"metadata_blob": {inner}}}').encode()
 
 
@@ -77,7 +77,7 @@ def test_body_nested_too_deeply_is_400(http: httpx.Client, depth: int):
 
 def test_nesting_within_the_limit_is_decoded(http: httpx.Client):  # a control: passes with or without the fix
     r = http.post("/v1/chat/completions", content=nested(64), headers={"content-type": "application/json"})
-    assert assert_envelope(r, 404, "model")["code"] == "model_not_found"  # got past decoding
+    assert assert_envelope(r, 400, "metadata_blob")["code"] == "unknown_parameter"  # got past decoding
 
 
 def test_jobs_api_refuses_deep_nesting_too(http: httpx.Client):
@@ -303,7 +303,7 @@ async def test_protocol_serves_good_requests(protocol_proxy: str, stack: Stack):
         assert r.status_code == 200, r.text
         r = await client.get("/v1/models", headers={"x-junk": "a" * 20_000})
         assert r.status_code == 200, r.text
-        r = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user"}]})
+        r = await client.post("/v1/chat/completions", json={"model": "fake-vllm", "messages": [{"role": "user"}]})
         assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content"
 
 

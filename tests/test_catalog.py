@@ -40,6 +40,7 @@ def test_defaults_fill_in():
     (GOOD + GOOD.split("models:\n")[1], "$.models[1].id"),
     (GOOD + "    aliases: [m1]\n", "$.models[0].aliases[0]"),
     (GOOD + "    aliases: [ok, 'has space']\n", "$.models[0].aliases[1]"),
+    (GOOD.replace("kind: openai,", "kind: tgi, capabilities: [chat, tts],"), "$.models[0].engine.capabilities"),
 ])
 def test_bad_fields_are_named(bad: str, field: str):
     with pytest.raises(CatalogError) as info:

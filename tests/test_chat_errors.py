@@ -67,10 +67,13 @@ def test_sdk_sees_bad_request_with_param(client: openai.OpenAI):
     assert info.value.param == "top_p"
 
 
-def test_unknown_fields_are_tolerated(client: openai.OpenAI):
-    done = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4,
-                                          extra_body={"top_k": 5, "some_future_field": {"x": 1}})
-    assert done.choices[0].message.content is not None
+def test_unknown_fields_are_400_and_catalog_extras_pass(client: openai.OpenAI):
+    done = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4, extra_body={"top_k": 5})
+    assert done.choices[0].message.content is not None  # top_k: in the model's extra_params
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4,
+                                       extra_body={"top_k": 5, "some_future_field": {"x": 1}})
+    assert info.value.param == "some_future_field" and info.value.code == "unknown_parameter"
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2]", b"null"])

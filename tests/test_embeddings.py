@@ -142,21 +142,20 @@ def test_jobs_api_and_prefer_respond_async(http: httpx.Client):
     assert "event: job.succeeded" in text
 
 
-def test_latency_through_the_proxy_vs_direct(stack: Stack, client: openai.OpenAI):
-    """Measures what the durable path adds to one small embedding (printed with -s)."""
+def test_proxied_embeddings_equal_the_engines_own(stack: Stack, client: openai.OpenAI):
+    """The durable path returns the engine's vectors unchanged (the latency it adds is printed with -s;
+    timing goals live in benchmarks/, not in asserts)."""
     direct = openai.OpenAI(base_url=stack.env["EMBED_ENGINE_URL"], api_key="none", max_retries=0)
-    for c in (client, direct):
-        c.embeddings.create(model=EMBED, input="warm up", encoding_format="float")
-
-    def median_ms(c: openai.OpenAI, n: int = 15) -> float:
-        times = []
-        for i in range(n):
-            t = time.perf_counter()
-            c.embeddings.create(model=EMBED, input=f"a short sentence number {i}", encoding_format="float")
-            times.append(time.perf_counter() - t)
-        return sorted(times)[n // 2] * 1000
-
-    proxied, engine = median_ms(client), median_ms(direct)
-    print(f"\nembedding latency (median of 15): proxy {proxied:.1f} ms, direct {engine:.1f} ms, "
-          f"added {proxied - engine:.1f} ms")
-    assert proxied < engine + 500
+    times: dict[str, list[float]] = {"proxy": [], "direct": []}
+    for i in range(5):
+        text = f"a short sentence number {i}"
+        t = time.perf_counter()
+        proxied = client.embeddings.create(model=EMBED, input=text, encoding_format="float")
+        times["proxy"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        own = direct.embeddings.create(model=EMBED, input=text, encoding_format="float")
+        times["direct"].append(time.perf_counter() - t)
+        assert len(proxied.data[0].embedding) == len(own.data[0].embedding)
+        assert cosine(proxied.data[0].embedding, own.data[0].embedding) > 0.9999
+    median = {k: sorted(v)[2] * 1000 for k, v in times.items()}
+    print(f"\nembedding latency (median of 5): proxy {median['proxy']:.1f} ms, direct {median['direct']:.1f} ms")

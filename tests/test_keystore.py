@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import subprocess
+import sys
 import time
 import uuid
 
@@ -12,10 +15,12 @@ import pytest
 
 from proxy.auth import KeyRing
 from proxy.errors import Conflict, InvalidRequest, NotFound
-from proxy.keystore import BUCKET_KEYS, BUCKET_TENANTS, KeyStore
+from proxy.config import ProxySettings
+from proxy.keystore import BUCKET_KEYS, BUCKET_TENANTS, KeyStore, key_id_secret
 from schemas.tenancy import Limits
 from tests.nats_fixture import running_nats
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_KEY = "sk-sy-demo-" + uuid.uuid4().hex
 OTHER_KEY = "sk-sy-other-" + uuid.uuid4().hex
 
@@ -38,7 +43,7 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory):
 async def replicas(nats_url: str):
     """Two key stores on separate connections, as two proxy replicas would have."""
     conns = [await nats.connect(nats_url) for _ in range(2)]
-    ring = KeyRing((DEMO_KEY, f"other-tenant={OTHER_KEY}"))
+    ring = KeyRing((f"demo:operator:{DEMO_KEY}", f"other-tenant:user:{OTHER_KEY}"))
     stores = [await KeyStore.open(nc.jetstream(), bootstrap=ring) for nc in conns]
     yield stores
     for s in stores:
@@ -208,3 +213,45 @@ async def test_a_new_replica_loads_everything(replicas, nats_url) -> None:
     finally:
         await fresh.close()
         await nc.close()
+
+
+def test_bootstrap_entries_are_explicit_and_a_bad_one_stops_the_start() -> None:
+    padded = "c2stc3ktcGFkZGVk=="                       # base64 with `==` padding
+    ring = KeyRing((f"acme:user:{padded}", "ops:admin:k:with:colons"))
+    p = ring.verify(padded)
+    assert p is not None and (p.tenant, p.admin, p.operator) == ("acme", False, False)
+    assert ring.verify("k:with:colons").admin and not ring.verify("k:with:colons").operator
+    settings = ProxySettings.from_env({"SWITCHYARD_DEMO_KEY": DEMO_KEY, "SWITCHYARD_API_KEYS": f"acme:user:{padded},"})
+    demo, acme = KeyRing(settings.api_keys).principals()
+    assert (demo.tenant, demo.operator, acme.tenant, acme.admin) == ("demo", True, "acme", False)
+    for bad, position in [(OTHER_KEY, 1),                            # no tenant: once an operator key
+                          (f"acme:user:{padded},acme={OTHER_KEY}", 2),  # the old syntax
+                          (f"acme:root:{OTHER_KEY}", 1), (f"Acme:user:{OTHER_KEY}", 1), ("acme:user:", 1)]:
+        with pytest.raises(ValueError) as err:
+            ProxySettings.from_env({"SWITCHYARD_API_KEYS": bad})
+        assert f"entry {position} " in str(err.value)
+        assert OTHER_KEY not in str(err.value) and padded not in str(err.value)
+
+
+def test_the_proxy_refuses_to_start_on_a_bad_entry_and_does_not_print_it() -> None:
+    env = {**os.environ, "SWITCHYARD_API_KEYS": f"acme:user:x,{OTHER_KEY}"}
+    r = subprocess.run([sys.executable, "-m", "switchyard.cli", "proxy"], capture_output=True, text=True,
+                       env=env, timeout=60, cwd=ROOT)
+    assert r.returncode == 2
+    assert "SWITCHYARD_API_KEYS: entry 2 is refused" in r.stderr and OTHER_KEY not in r.stderr + r.stdout
+
+
+async def test_bootstrap_key_ids_are_keyed_and_the_same_on_every_replica(nats_url) -> None:
+    conns = [await nats.connect(nats_url) for _ in range(2)]
+    try:
+        secrets_ = [await key_id_secret(nc.jetstream()) for nc in conns]   # two replicas, no env secret
+        assert secrets_[0] == secrets_[1] and len(secrets_[0]) == 32
+        ids = {KeyRing((f"acme:user:{OTHER_KEY}",), s).principals()[0].key_id for s in secrets_}
+        assert len(ids) == 1
+        key_id = ids.pop()
+        assert hashlib.sha256(OTHER_KEY.encode()).hexdigest()[:12] not in key_id
+        assert KeyRing((f"acme:user:{OTHER_KEY}",), b"another").principals()[0].key_id != key_id
+        assert await key_id_secret(conns[0].jetstream(), "from-env") == b"from-env"
+    finally:
+        for nc in conns:
+            await nc.close()

@@ -23,6 +23,7 @@ from orchestration.objectstore import (
     request_key,
     result_key,
 )
+from orchestration.converter import data_converter
 from schemas.jobs import InferenceSummary
 from tests.conftest import Stack, scenario
 
@@ -113,7 +114,8 @@ async def test_a_chat_body_over_temporals_limit_travels_by_reference(stack: Stac
     history = await handle.fetch_history()
     assert len(history.to_json()) < 50_000
     started = history.events[0].workflow_execution_started_event_attributes
-    inference = msgspec.json.decode(started.input.payloads[0].data)["inference"]
+    [plain] = await data_converter.payload_codec.decode([started.input.payloads[0]])  # encrypted at rest
+    inference = msgspec.json.decode(plain.data)["inference"]
     assert inference["body"] == {} and inference["body_ref"].startswith(f"{job_id}/request-")
     stored = Path(stack.env["SWITCHYARD_OBJECT_DIR"]) / inference["body_ref"]
     assert msgspec.json.decode(stored.read_bytes())["messages"][0]["content"] == filler

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,6 +110,20 @@ async def _worker_pid(temporal_address: str, job_id: str) -> int:
                 return int(activity.last_worker_identity.split("@")[0])
         await asyncio.sleep(0.05)
     raise AssertionError(f"no worker runs job {job_id}")
+
+
+def test_up_banner_names_the_chat_page_and_temporal_ui_and_both_answer(up: Up):
+    banner = up.output()[up.output().index("Switchyard is up"):]
+    urls = dict(re.findall(r"^  (chat page|Temporal UI) *: (\S+)", banner, re.MULTILINE))
+    assert urls.keys() == {"chat page", "Temporal UI"}, banner
+    assert f"API key     : {up.key}" in banner
+    page = httpx.get(urls["chat page"], timeout=10)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"], page.text[:300]
+    ui = httpx.get(urls["Temporal UI"], timeout=10, follow_redirects=True)
+    assert ui.status_code == 200 and "<html" in ui.text.lower(), ui.text[:300]
+    # the UI's own API answers with this stack's namespace
+    api = httpx.get(urls["Temporal UI"].split("/namespaces")[0] + "/api/v1/namespaces/default", timeout=10)
+    assert api.status_code == 200 and api.json()["namespaceInfo"]["name"] == "default", api.text[:300]
 
 
 def test_up_restarts_a_worker_killed_mid_stream_and_stops_on_ctrl_c(up: Up):

@@ -7,10 +7,11 @@ usage chunk with `choices: []` when `stream_options.include_usage` is set, and e
 The scenario is chosen by the last user message: `scenario=<name>;nonce=<unique>`.
   ok           streams REPLY
   503x2        answers 503 to the first two calls for this nonce, then streams REPLY
-  slow         streams REPLY one word every 0.3 s
+  slow         streams REPLY one word every 0.3 s (`delay=<seconds>` sets another pace)
   tools        streams a tool call in pieces
   bad-request  answers 400 (a non-retryable engine error)
   size         streams "received <N> bytes", N the size of the request body it got
+`repeat=<n>` (with ok or slow) streams REPLY n times over.
 
 Audio, as vLLM's speech-to-text serving answers (vllm/entrypoints/openai/speech_to_text.py):
 `/v1/audio/transcriptions` and `/translations` take multipart; response_format text, json or
@@ -31,7 +32,7 @@ import math
 import struct
 import time
 import wave
-from collections import Counter
+from collections import Counter, deque
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -55,6 +56,7 @@ class FakeVLLM(LoopbackServer):
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
         self.seen: list[str] = []  # every prompt text the engine received, to check what reached it
+        self.bodies: deque[dict] = deque(maxlen=64)  # the latest chat request bodies, as received
         self.audio_forms: list[dict[str, list[str]]] = []  # the non-file fields of each audio request
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"]),
                                      Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
@@ -68,7 +70,10 @@ class FakeVLLM(LoopbackServer):
     async def chat(self, request: Request):
         raw = await request.body()
         body = json.loads(raw)
+        self.bodies.append(body)
         text = body["messages"][-1]["content"]
+        if isinstance(text, list):  # content parts: the scenario is in the text ones
+            text = ";".join(p.get("text", "") for p in text)
         self.seen.extend(str(m.get("content")) for m in body["messages"])
         params = dict(p.split("=", 1) for p in text.split(";") if "=" in p)
         scenario, nonce = params.get("scenario", "ok"), params.get("nonce", "")
@@ -78,11 +83,14 @@ class FakeVLLM(LoopbackServer):
         if scenario == "bad-request":
             return _error(400, "This model's maximum context length is 2048 tokens.", "BadRequestError")
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        reply = f"received {len(raw)} bytes" if scenario == "size" else REPLY
-        return StreamingResponse(self._stream(body["model"], scenario, include_usage, reply),
+        reply = " ".join([REPLY] * int(params.get("repeat", 1)))
+        reply = f"received {len(raw)} bytes" if scenario == "size" else reply
+        return StreamingResponse(self._stream(body["model"], scenario, include_usage, reply,
+                                              float(params.get("delay", 0.3))),
                                  media_type="text/event-stream")
 
-    async def _stream(self, model: str, scenario: str, include_usage: bool, reply: str = REPLY):
+    async def _stream(self, model: str, scenario: str, include_usage: bool, reply: str = REPLY,
+                      delay: float = 0.3):
         created = int(time.time())
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created, "model": model}
 
@@ -102,7 +110,7 @@ class FakeVLLM(LoopbackServer):
         else:
             for i, word in enumerate(pieces):
                 if scenario == "slow":
-                    await asyncio.sleep(0.3)
+                    await asyncio.sleep(delay)
                 yield chunk({"content": word if i == 0 else " " + word})
             yield chunk({}, "stop")
             n = len(pieces)
