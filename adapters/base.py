@@ -39,7 +39,7 @@ EMBEDDINGS = "embeddings"
 ASR = "asr"  # speech to text: transcriptions, and translations where the model translates
 TTS = "tts"  # text to speech
 PREFIX_CONTINUATION = "prefix_continuation"  # honours continue_final_message / add_generation_prompt
-# Chat content parts beyond text; only where the catalog names them (proxy/params.py).
+# Chat content parts beyond text; only where the catalog names them (proxy/endpoints/params.py).
 CONTENT_PARTS = frozenset({"vision", "audio_input", "video_input", "file_input"})
 
 

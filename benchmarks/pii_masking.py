@@ -4,7 +4,7 @@ and as many near-misses: dates, versions, amounts, ids).
     .venv/bin/python benchmarks/pii_masking.py            # writes benchmarks/results/pii_masking.json
     .venv/bin/python benchmarks/pii_masking.py --size 200000 --runs 50
 
-Reports the time of `orchestration.pii.apply_policy(messages, "mask")` (p50/p90/max over runs, after a
+Reports the time of `gatekeeping.pii.apply_policy(messages, "mask")` (p50/p90/max over runs, after a
 warm-up), and how many of the planted items were found. Compare with the model's TTFT (tens of ms).
 `crafted_40kb_ms` times 40 kB of `+1` + 40 digits + space, a run that once cost 200 us per character.
 """
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from orchestration.pii import apply_policy, luhn_ok  # noqa: E402
+from gatekeeping.pii import apply_policy, luhn_ok  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "pii_masking.json"
 

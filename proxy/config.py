@@ -9,9 +9,9 @@ import msgspec
 from orchestration.natsconfig import (DEFAULT_NATS_URL, JobsRetention, NatsAuth, auth_from_env, replicas_from_env,
                                       retention_from_env, servers_from_env)
 from orchestration.webhooks import parse_allow_list
-from proxy.cors import DEFAULT_ORIGINS, parse_origins
-from proxy.auth import OPERATOR_TENANT, parse_key_entries
-from proxy.readlimits import ReadLimits
+from proxy.http.cors import DEFAULT_ORIGINS, parse_origins
+from gatekeeping.auth import OPERATOR_TENANT, parse_key_entries
+from gatekeeping.readlimits import ReadLimits
 
 
 class ProxySettings(msgspec.Struct, frozen=True):
@@ -24,17 +24,17 @@ class ProxySettings(msgspec.Struct, frozen=True):
     nats_auth: NatsAuth = NatsAuth()  # SWITCHYARD_NATS_USER/_PASSWORD/_CREDS/_CA (orchestration/natsconfig.py)
     jobs_retention: JobsRetention = JobsRetention()  # SWITCHYARD_JOBS_MAX_AGE_S, SWITCHYARD_JOBS_MAX_BYTES
     catalog_path: str = "model_catalog.yaml"
-    api_keys: tuple[str, ...] = ()  # `<tenant>:<role>:<key>` entries (proxy.auth.parse_key_entries)
-    key_id_secret: str = ""  # SWITCHYARD_KEY_ID_SECRET; empty: the one kept in NATS (proxy.keystore)
+    api_keys: tuple[str, ...] = ()  # `<tenant>:<role>:<key>` entries (gatekeeping.auth.parse_key_entries)
+    key_id_secret: str = ""  # SWITCHYARD_KEY_ID_SECRET; empty: the one kept in NATS (gatekeeping.keystore)
     max_body_bytes: int = 32 * 1024 * 1024  # room for a 20 MB upload or a 5 MB prompt (claim check)
     keepalive_s: float = 15.0
     header_wait_s: float = 5.0
     ws_stall_s: float = 20.0  # SWITCHYARD_WS_STALL_S: a WebSocket client not reading this long is closed
     webhook_allow: tuple = ()
-    cors_origins: tuple[str, ...] = DEFAULT_ORIGINS  # SWITCHYARD_CORS_ORIGINS (proxy/cors.py)
+    cors_origins: tuple[str, ...] = DEFAULT_ORIGINS  # SWITCHYARD_CORS_ORIGINS (proxy/http/cors.py)
     log_level: str = "INFO"
     workflow_queue: str = "cpu"  # SWITCHYARD_CPU_QUEUE: where job workflows run (workers serve it)
-    reads: ReadLimits = ReadLimits()  # bounds on the jobs API's reads (proxy/readlimits.py)
+    reads: ReadLimits = ReadLimits()  # bounds on the jobs API's reads (gatekeeping/readlimits.py)
     orphan_sweep_s: float = 600.0  # SWITCHYARD_ORPHAN_SWEEP_S: how often orphaned inputs are swept; 0: never
     orphan_ttl_s: float = 3600.0  # SWITCHYARD_ORPHAN_TTL_S: the age past which an orphan goes
 

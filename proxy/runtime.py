@@ -30,11 +30,11 @@ class Runtime:
     webhook_secrets: Any
     objects: ObjectStore | None = None  # claim-check payloads and results (SWITCHYARD_OBJECT_*)
     claim_check_bytes: int = 1_000_000
-    keystore: Any = None  # proxy.keystore.KeyStore: tenants and keys, shared by every replica
-    limiter: Any = None  # proxy.limits.Limiter
+    keystore: Any = None  # gatekeeping.keystore.KeyStore: tenants and keys, shared by every replica
+    limiter: Any = None  # gatekeeping.limits.Limiter
     settler: Any = None  # the task that settles finished jobs' token reservations
-    sweeper: Any = None  # the task that sweeps orphaned inputs from the object store (proxy.orphans)
-    reads: Any = None  # proxy.readlimits.ReadGate: this replica's read buckets and /events slots
+    sweeper: Any = None  # the task that sweeps orphaned inputs from the object store (proxy.jobs.orphans)
+    reads: Any = None  # gatekeeping.readlimits.ReadGate: this replica's read buckets and /events slots
 
     @classmethod
     async def start(cls, settings: ProxySettings) -> "Runtime":
@@ -49,10 +49,10 @@ class Runtime:
         retention = settings.jobs_retention
         await ensure_stream(js, replicas=replicas, max_age_s=retention.max_age_s, max_bytes=retention.max_bytes)
         secrets = await ensure_secrets_bucket(js, replicas=replicas)
-        from proxy.auth import KeyRing
-        from proxy.keystore import KeyStore, key_id_secret
-        from proxy.limits import Limiter
-        from proxy.settlement import run_settler
+        from gatekeeping.auth import KeyRing
+        from gatekeeping.keystore import KeyStore, key_id_secret
+        from gatekeeping.limits import Limiter
+        from gatekeeping.settlement import run_settler
 
         id_secret = await key_id_secret(js, settings.key_id_secret, replicas=replicas)
         keystore = await KeyStore.open(js, bootstrap=KeyRing(settings.api_keys, id_secret), replicas=replicas)
@@ -60,8 +60,8 @@ class Runtime:
         rt = cls(settings, catalog, temporal, nc, js, secrets, objects=object_store_from_env(),
                  claim_check_bytes=claim_check_bytes(), keystore=keystore, limiter=limiter)
         rt.settler = asyncio.ensure_future(run_settler(js, limiter, replicas=replicas))
-        from proxy.orphans import run_orphan_sweeper, temporal_job_state
-        from proxy.readlimits import ReadGate
+        from proxy.jobs.orphans import run_orphan_sweeper, temporal_job_state
+        from gatekeeping.readlimits import ReadGate
 
         rt.reads = ReadGate(settings.reads)
         rt.sweeper = asyncio.ensure_future(run_orphan_sweeper(

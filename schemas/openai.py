@@ -90,7 +90,7 @@ class StreamOptions(msgspec.Struct, omit_defaults=True):
 
 
 class ChatCompletionRequest(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
-    """Unknown fields get past the struct; proxy/params.py decides what reaches the engine."""
+    """Unknown fields get past the struct; proxy/endpoints/params.py decides what reaches the engine."""
 
     model: str
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
@@ -199,7 +199,7 @@ Prompt = Union[str, list[Union[str, int, list[int]]]]
 
 
 class CompletionRequest(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
-    """Unknown fields get past the struct; proxy/params.py decides what reaches the engine."""
+    """Unknown fields get past the struct; proxy/endpoints/params.py decides what reaches the engine."""
 
     model: str
     prompt: Prompt

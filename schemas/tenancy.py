@@ -66,7 +66,7 @@ class Tenant(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
     # An operator tenant's admin keys manage every tenant; other admin keys only their own.
     operator: bool = False
     created: float = 0.0
-    cors_origins: tuple[str, ...] = ()   # browser origins allowed besides the global list (proxy/cors.py)
+    cors_origins: tuple[str, ...] = ()   # browser origins allowed besides the global list (proxy/http/cors.py)
     retention_s: Union[RetentionSeconds, None] = None  # None: SWITCHYARD_JOBS_MAX_AGE_S
 
 

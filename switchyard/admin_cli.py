@@ -59,8 +59,8 @@ async def _with_stores(fn: Callable[..., Awaitable[int]], need_limiter: bool = F
     import nats
 
     from orchestration.natsconfig import auth_from_env, describe, replicas_from_env, servers_from_env
-    from proxy.keystore import KeyStore
-    from proxy.limits import Limiter
+    from gatekeeping.keystore import KeyStore
+    from gatekeeping.limits import Limiter
 
     try:
         servers = servers_from_env(os.environ)
@@ -95,7 +95,7 @@ async def _with_stores(fn: Callable[..., Awaitable[int]], need_limiter: bool = F
 
 
 def _run(fn: Callable[..., Awaitable[int]], need_limiter: bool = False) -> int:
-    from proxy.errors import APIError
+    from schemas.errors import APIError
 
     try:
         return asyncio.run(_with_stores(fn, need_limiter))
@@ -106,7 +106,7 @@ def _run(fn: Callable[..., Awaitable[int]], need_limiter: bool = False) -> int:
 
 # ---- tenants --------------------------------------------------------------------------------------
 def cmd_tenants(args: argparse.Namespace) -> int:
-    from proxy.keystore import tenant_view
+    from gatekeeping.keystore import tenant_view
 
     if args.tenants_action == "create":
         try:
@@ -143,7 +143,7 @@ def cmd_tenants(args: argparse.Namespace) -> int:
 
 # ---- keys -----------------------------------------------------------------------------------------
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from proxy.keystore import key_view
+    from gatekeeping.keystore import key_view
 
     expires = None
     if args.expires_days is not None:
@@ -168,7 +168,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    from proxy.keystore import key_view
+    from gatekeeping.keystore import key_view
 
     async def list_(store, _limiter) -> int:
         if args.tenant and store.get_tenant(args.tenant) is None:

@@ -31,10 +31,10 @@ async def _until_signal(stop: asyncio.Event) -> None:
 def cmd_proxy(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from proxy.app import create_app
-    from proxy.protocol import EnvelopeHttpToolsProtocol
+    from proxy.http.app import create_app
+    from proxy.http.protocol import EnvelopeHttpToolsProtocol
     from proxy.config import ProxySettings
-    from proxy.logs import configure_logging
+    from proxy.http.logs import configure_logging
 
     from orchestration.telemetry import setup_tracing
 
@@ -59,7 +59,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from orchestration.natsconfig import auth_from_env, replicas_from_env, retention_from_env, servers_from_env
     from orchestration.webhooks import parse_allow_list
     from orchestration.worker import WorkerConfig, run_worker
-    from proxy.logs import configure_logging
+    from proxy.http.logs import configure_logging
 
     from orchestration.telemetry import setup_tracing
 

@@ -13,11 +13,12 @@ import pytest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
-from proxy.auth import KeyRing
-from proxy.errors import APIError, handle_api_error, handle_http_exception
-from proxy.keystore import KeyStore
-from proxy.limits import Limiter
-from proxy.serving_admin import ROUTES
+from gatekeeping.auth import KeyRing
+from schemas.errors import APIError
+from proxy.http.errors import handle_api_error, handle_http_exception
+from gatekeeping.keystore import KeyStore
+from gatekeeping.limits import Limiter
+from proxy.endpoints.admin import ROUTES
 from schemas.tenancy import Limits
 from tests.nats_fixture import running_nats
 

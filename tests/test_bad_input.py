@@ -3,7 +3,7 @@ bodies that are not UTF-8 or nest too deeply, invalid tools, messages and conten
 `param`), malformed webhook URLs, oversized request headers (431), unparseable request lines, and a
 NATS outage behind `GET /v1/jobs/*` (503 `events_unavailable`).
 
-The request-line and streamed-header checks live in uvicorn's protocol (proxy.protocol), which the
+The request-line and streamed-header checks live in uvicorn's protocol (proxy.http.protocol), which the
 session's proxy runs with only once switchyard/cli.py passes it; they run here against an in-process
 proxy that uses it. The NATS outage stops a private nats-server behind an in-process proxy, never the
 session's shared one.
@@ -24,9 +24,9 @@ import httpx
 import pytest
 import uvicorn
 
-from proxy.app import create_app
+from proxy.http.app import create_app
 from proxy.config import ProxySettings
-from proxy.protocol import EnvelopeHttpToolsProtocol
+from proxy.http.protocol import EnvelopeHttpToolsProtocol
 from schemas.jobs import CHAT_ENDPOINT
 from switchyard.processes import free_port, start_nats
 from tests.inprocess import until_started
@@ -48,7 +48,7 @@ def invalid(response: httpx.Response, status: int = 400, param: str | None = Non
 
 def nested(depth: int) -> bytes:
     """A chat body whose `metadata_blob` (an unknown field) nests arrays: the body is `depth` levels
-    deep in all. An unknown `model` is refused before the decode (proxy/serving_flow.check_access)."""
+    deep in all. An unknown `model` is refused before the decode (proxy/jobs/run.check_access)."""
     inner = "[" * (depth - 1) + "]" * (depth - 1)
     return (f'{{"model": "{MODEL}", "messages": [{{"role": "user", "content": "hi"}}], '
             f'"metadata_blob": {inner}}}').encode()
@@ -196,7 +196,7 @@ def test_headers_under_the_limit_pass(http: httpx.Client):  # a control
     assert r.status_code == 200, r.text
 
 
-# 6 and 7 in uvicorn's protocol: an in-process proxy run with proxy.protocol.
+# 6 and 7 in uvicorn's protocol: an in-process proxy run with proxy.http.protocol.
 
 @contextlib.asynccontextmanager
 async def inprocess_proxy(stack: Stack, nats_url: str):

@@ -13,8 +13,8 @@ import uuid
 import nats
 import pytest
 
-from proxy.keystore import KeyStore
-from proxy.limits import Limiter
+from gatekeeping.keystore import KeyStore
+from gatekeeping.limits import Limiter
 from switchyard.processes import ROOT, free_port
 from tests.nats_fixture import running_nats
 

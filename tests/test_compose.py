@@ -32,8 +32,8 @@ from orchestration.offers import dispatch_group, dispatch_subject
 from orchestration.publisher import EventPublisher
 from orchestration.streams import (SETTLE_STREAM, STREAM, ensure_secrets_bucket, ensure_settle_stream, ensure_stream,
                                    job_subject, read_events)
-from proxy.keystore import BUCKET_KEYS, BUCKET_TENANTS, KeyStore
-from proxy.limits import Limiter
+from gatekeeping.keystore import BUCKET_KEYS, BUCKET_TENANTS, KeyStore
+from gatekeeping.limits import Limiter
 from switchyard.processes import ROOT, free_port, tool
 
 COMPOSE = ROOT / "compose"

@@ -13,10 +13,10 @@ import uuid
 import nats
 import pytest
 
-from proxy.auth import KeyRing
-from proxy.errors import Conflict, InvalidRequest, NotFound
+from gatekeeping.auth import KeyRing
+from schemas.errors import Conflict, InvalidRequest, NotFound
 from proxy.config import ProxySettings
-from proxy.keystore import BUCKET_KEYS, BUCKET_TENANTS, KeyStore, key_id_secret
+from gatekeeping.keystore import BUCKET_KEYS, BUCKET_TENANTS, KeyStore, key_id_secret
 from schemas.tenancy import Limits
 from tests.nats_fixture import running_nats
 

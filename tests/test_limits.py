@@ -11,9 +11,10 @@ import uuid
 import nats
 import pytest
 
-from proxy.auth import Principal
-from proxy.errors import QuotaExceeded, RateLimited, error_response
-from proxy.limits import Admission, Limiter, estimate_prompt_tokens, format_reset
+from gatekeeping.auth import Principal
+from schemas.errors import QuotaExceeded, RateLimited
+from proxy.http.errors import error_response
+from gatekeeping.limits import Admission, Limiter, estimate_prompt_tokens, format_reset
 from schemas.tenancy import Limits
 from tests.nats_fixture import running_nats
 
@@ -258,7 +259,7 @@ async def test_failed_job_settles_with_zero_and_unknown_usage_keeps_the_reservat
 
 
 async def test_nats_unreachable_fails_closed(nats_url) -> None:
-    from proxy.errors import ServiceUnavailable
+    from schemas.errors import ServiceUnavailable
 
     nc = await nats.connect(nats_url)
     lim = await Limiter.open(nc.jetstream())
@@ -271,8 +272,8 @@ async def test_nats_unreachable_fails_closed(nats_url) -> None:
 
 _BURST_SCRIPT = """
 import asyncio, sys, nats
-from proxy.auth import Principal
-from proxy.limits import Limiter, Admission
+from gatekeeping.auth import Principal
+from gatekeeping.limits import Limiter, Admission
 from schemas.tenancy import Limits
 
 async def main(url, tenant, n, start_at):

@@ -26,8 +26,8 @@ from nats.js.errors import APIError
 from orchestration.streams import SETTLE_STREAM, STREAM, ensure_kv, ensure_stream
 from orchestration.webhooks import SECRETS_BUCKET
 from proxy.config import ProxySettings
-from proxy.keystore import BUCKET_KEYS, BUCKET_TENANTS
-from proxy.limits import BUCKET_LIMITS, BUCKET_USAGE
+from gatekeeping.keystore import BUCKET_KEYS, BUCKET_TENANTS
+from gatekeeping.limits import BUCKET_LIMITS, BUCKET_USAGE
 from switchyard.processes import ROOT, Managed, start_python, start_temporal, stop_all, wait_http
 from tests.conftest import scenario
 from tests.fakes.vllm import REPLY, FakeVLLM

@@ -18,7 +18,7 @@ from orchestration.objectstore import (LocalObjectStore, StoredObject, object_st
                                        result_key, upload_key)
 from orchestration.streams import ensure_kv
 from orchestration.workflows import INFERENCE_WORKFLOW
-from proxy.orphans import sweep_orphans, take_turn, temporal_job_state
+from proxy.jobs.orphans import sweep_orphans, take_turn, temporal_job_state
 from tests.conftest import Stack, scenario
 from tests.jobclient import wait_finished
 

@@ -27,9 +27,10 @@ from orchestration.codec import (
     new_key_entry,
 )
 from orchestration.converter import data_converter
-from proxy.auth import KeyRing
-from proxy.errors import APIError, handle_api_error
-from proxy.serving_codec import ROUTES
+from gatekeeping.auth import KeyRing
+from schemas.errors import APIError
+from proxy.http.errors import handle_api_error
+from proxy.endpoints.codec import ROUTES
 from switchyard.processes import ROOT, tool
 from tests.conftest import MODEL, Stack
 

@@ -7,7 +7,7 @@ import time
 import msgspec
 import pytest
 
-from orchestration.pii import PIIRejected, apply_policy, find, luhn_ok, mask_text, rrn_ok
+from gatekeeping.pii import PIIRejected, apply_policy, find, luhn_ok, mask_text, rrn_ok
 from schemas.openai import ChatMessage
 
 # (text, expected masked text). Near-misses expect the text unchanged.

@@ -12,8 +12,8 @@ import uuid
 import httpx
 import pytest
 
-from orchestration.pii import find, mask_text
-from proxy.gatekeeping import MASK_INLINE_CHARS, _mask
+from gatekeeping.pii import find, mask_text
+from gatekeeping.admission import MASK_INLINE_CHARS, _mask
 from tests.conftest import Stack
 from tests.test_gatekeeping import CHAT, chat, new_tenant
 

@@ -11,7 +11,7 @@ import uuid
 
 import httpx
 
-from proxy.app import create_app
+from proxy.http.app import create_app
 from proxy.config import ProxySettings
 from switchyard.processes import free_port
 from tests.conftest import Stack, scenario

@@ -11,11 +11,11 @@ import nats
 import pytest
 
 from orchestration.streams import STREAM, client_of, ensure_stream, job_subject
-from proxy.chunks import ChunkWriter
-from proxy.relay import EventFeed, parse_event_id
-from proxy.errors import InvalidRequest
-from proxy.serving_jobs import job_parts
-from proxy.sse import render, resume_seq
+from proxy.jobs.render import ChunkWriter
+from proxy.jobs.relay import EventFeed, parse_event_id
+from schemas.errors import InvalidRequest
+from proxy.jobs.api import job_parts
+from proxy.http.sse import render, resume_seq
 from schemas.events import Delta, Failed, Finished, Started, event_encoder
 from schemas.openai import ErrorBody, Usage
 from tests.nats_fixture import running_nats

@@ -9,7 +9,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
 
 from orchestration.search_attributes import ensure_search_attributes
-from proxy.jobs import TENANT
+from proxy.jobs.store import TENANT
 from switchyard.processes import free_port, spawn, tool, wait_port
 
 

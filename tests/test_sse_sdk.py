@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from openai._streaming import SSEDecoder
 
-from proxy.chunks import ChunkWriter, TextChunkWriter
-from proxy.sse import DONE, KEEPALIVE
+from proxy.jobs.render import ChunkWriter, TextChunkWriter
+from proxy.http.sse import DONE, KEEPALIVE
 from schemas.events import Delta
 
 

@@ -28,9 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from orchestration.catalog import load_catalog
 from orchestration.telemetry import setup_tracing, span_exporter, tracing_enabled
 from orchestration.worker import WorkerConfig, run_worker
-from proxy.app import create_app
+from proxy.http.app import create_app
 from proxy.config import ProxySettings
-from proxy.logs import add_trace_ids
+from proxy.http.logs import add_trace_ids
 from switchyard.processes import ROOT, free_port
 from tests.inprocess import until_started
 from tests.conftest import Stack, scenario
@@ -232,10 +232,10 @@ async def test_rate_limit_refusals_and_claim_check_bytes_are_counted(tmp_path):
     import nats
 
     from orchestration.telemetry import CLAIM_CHECK_BYTES, record_claim_check
-    from proxy.auth import Principal
-    from proxy.errors import RateLimited
-    from proxy.limits import Limiter
-    from proxy.telemetry import RATE_LIMITED
+    from gatekeeping.auth import Principal
+    from schemas.errors import RateLimited
+    from gatekeeping.limits import Limiter
+    from gatekeeping.metrics import RATE_LIMITED
     from schemas.tenancy import Limits
     from tests.nats_fixture import running_nats
 

@@ -15,8 +15,8 @@ import uvicorn
 import websockets
 from prometheus_client import REGISTRY
 
-from proxy import serving_ws
-from proxy.app import create_app
+from proxy.jobs import ws as socket_module
+from proxy.http.app import create_app
 from proxy.config import ProxySettings
 from tests.conftest import MODEL, Stack, scenario
 from tests.inprocess import until_started
@@ -230,8 +230,8 @@ def stalled_closes() -> float:
 
 
 async def test_a_client_that_does_not_read_is_closed_and_can_resume(stack: Stack, monkeypatch):
-    monkeypatch.setattr(serving_ws, "OUTBOX_MESSAGES", 16)
-    monkeypatch.setattr(serving_ws, "OUTBOX_BYTES", 16 * 1024)
+    monkeypatch.setattr(socket_module, "OUTBOX_MESSAGES", 16)
+    monkeypatch.setattr(socket_module, "OUTBOX_BYTES", 16 * 1024)
     jobs, repeat = 2, 6000
     async with small_buffer_proxy(stack, stall_s=1) as (url, port):
         before = stalled_closes()

@@ -1,0 +1,1 @@
+"""The HTTP plumbing: app, middleware, errors, bodies, SSE, telemetry, OpenAPI."""
