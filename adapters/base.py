@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, AsyncIterator, Callable, Iterator, Protocol, Sequence, Union
+from typing import Any, AsyncIterator, Callable, Iterator, Protocol, Sequence, TypeVar, Union
 
 import httpx
 import msgspec
@@ -237,8 +237,11 @@ def bad_output(what: str = "a malformed stream event") -> EngineError:
     return EngineError(f"engine sent {what}", status=502, retryable=True, code="engine_bad_output")
 
 
-def decode_answer(response: httpx.Response, decoder: msgspec.json.Decoder, what: str,
-                  errors: Callable[[int, str], EngineError] | None = None) -> Any:
+T = TypeVar("T")
+
+
+def decode_answer(response: httpx.Response, decoder: msgspec.json.Decoder[T], what: str,
+                  errors: Callable[[int, str], EngineError] | None = None) -> T:
     """A whole (not streamed) answer decoded; an error status raised as its EngineError (`errors`
     maps status and body; status_error by default), a body that does not decode as bad output."""
     if response.status_code != 200:

@@ -225,7 +225,7 @@ class OpenAIProtocolAdapter:
                 if chunk:
                     yield chunk
 
-    async def _stream(self, path: str, body: dict[str, Any], decoder: msgspec.json.Decoder,
+    async def _stream(self, path: str, body: dict[str, Any], decoder: msgspec.json.Decoder[Any],
                       pieces: Callable[[Any], Iterable[StreamPiece]]) -> AsyncIterator[StreamPiece]:
         content = self._payload(body, stream=True)
         async with open_stream(self._client, self._base + path, content, self._headers) as response:

@@ -8,7 +8,8 @@ from adapters.tgi import TGIAdapter
 from adapters.triton import TritonAdapter
 from schemas.catalog import EngineSpec
 
-ADAPTERS = {"openai": OpenAIProtocolAdapter, "tgi": TGIAdapter, "triton": TritonAdapter}
+ADAPTERS: dict[str, type[OpenAIProtocolAdapter] | type[TGIAdapter] | type[TritonAdapter]] = {
+    "openai": OpenAIProtocolAdapter, "tgi": TGIAdapter, "triton": TritonAdapter}
 
 
 def build_adapter(spec: EngineSpec) -> InferenceAdapter:

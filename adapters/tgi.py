@@ -14,7 +14,8 @@ Sources: TGI's docs/openapi.json and router/src/server.rs; TEI's docs/openapi.js
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Union
+from contextlib import AbstractAsyncContextManager
+from typing import Any, AsyncIterator, TypeVar, Union
 
 import httpx
 import msgspec
@@ -23,9 +24,12 @@ from adapters.base import (
     decode_answer,
     json_headers,
     probe,
+    ASR,
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
+    TTS,
+    AudioInput,
     EmbeddingResult,
     EngineError,
     StreamPiece,
@@ -41,7 +45,9 @@ from adapters.base import (
     stream_cut,
     transport_errors,
     unavailable,
+    UnsupportedCapability,
 )
+from schemas.audio import Transcript
 from schemas.catalog import EngineSpec
 from schemas.openai import Usage
 
@@ -210,11 +216,20 @@ class TGIAdapter:
         tokens = r.headers.get("x-compute-tokens", "")  # TEI counts the tokens it embedded here
         return EmbeddingResult(vectors=vectors, prompt_tokens=int(tokens) if tokens.isdigit() else 0)
 
-    def _open(self, path: str, payload: dict[str, Any]):
+    async def transcribe(self, request: AudioInput) -> Transcript:
+        raise UnsupportedCapability(ASR, "tgi")
+
+    def speak(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        raise UnsupportedCapability(TTS, "tgi")
+
+    def _open(self, path: str, payload: dict[str, Any]) -> AbstractAsyncContextManager[httpx.Response]:
         return open_stream(self._client, self._base + path, _encoder.encode(payload), self._headers)
 
 
-def _decode(decoder: msgspec.json.Decoder, data: str | bytes, what: str = "a malformed stream event"):
+T = TypeVar("T")
+
+
+def _decode(decoder: msgspec.json.Decoder[T], data: str | bytes, what: str = "a malformed stream event") -> T:
     try:
         return decoder.decode(data)
     except msgspec.DecodeError:

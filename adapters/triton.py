@@ -46,6 +46,7 @@ from adapters.base import (
     AudioInput,
     PREFIX_CONTINUATION,
     EmbeddingResult,
+    EngineError,
     StreamPiece,
     bad_output,
     declared_capabilities,
@@ -98,7 +99,7 @@ class TritonAdapter:
         self._headers = {"content-type": "application/json"}
         self._client = client or http_client(spec.connect_timeout_s, spec.read_timeout_s)
         # One event struct per adapter: the text output's field is the model's tensor name.
-        self._event_decoder = msgspec.json.Decoder(msgspec.defstruct("TritonEvent", [
+        self._event_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(msgspec.defstruct("TritonEvent", [
             ("text", Any, None), ("error", Union[str, None], None), ("finish_reason", Any, None),
             ("prompt_tokens", Any, None), ("completion_tokens", Any, None),
         ], rename={"text": spec.triton_text_output}))
@@ -183,7 +184,7 @@ class TritonAdapter:
 
     async def _embed_batch(self, texts: list[str]) -> tuple[list[list[float]], int]:
         spec = self._spec
-        payload = {"inputs": [{"name": spec.triton_embedding_input, "datatype": "BYTES",
+        payload: dict[str, Any] = {"inputs": [{"name": spec.triton_embedding_input, "datatype": "BYTES",
                                "shape": [len(texts), *spec.triton_embedding_input_dims], "data": texts}],
                    "outputs": [{"name": spec.triton_embedding_output}]}
         if spec.triton_token_count_output:
@@ -232,7 +233,7 @@ class TritonAdapter:
         parameters = {"voice": body.get("voice") or "default", "speed": float(body.get("speed") or 1.0),
                       "response_format": body.get("response_format") or "mp3"}
         payload = {spec.triton_text_input: body.get("input", ""), "parameters": parameters}
-        decoder = msgspec.json.Decoder(msgspec.defstruct("TritonAudioEvent", [
+        decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(msgspec.defstruct("TritonAudioEvent", [
             ("audio", Any, None), ("error", Union[str, None], None)], rename={"audio": spec.triton_speech_output}))
         async with open_stream(self._client, self._model_url + "/generate_stream",
                                _encoder.encode(payload), self._headers, stream_error) as response:
@@ -262,18 +263,18 @@ def model_exception(message: str) -> tuple[str, str]:
     return "", lines[-1][:300]
 
 
-def model_error(message: str):
+def model_error(message: str) -> EngineError:
     """An error event mid-stream: the model failed while generating; another attempt may succeed."""
     _, text = model_exception(message)
     return unavailable(f"engine failed: {text}", code="engine_generation_error")
 
 
-def stream_error(status: int, body: str):
+def stream_error(status: int, body: str) -> EngineError:
     """generate_stream's error status: its body may be an SSE frame (`data: {"error": ...}`)."""
     return infer_error(status, body.strip().removeprefix("data:").strip())
 
 
-def infer_error(status: int, body: str):
+def infer_error(status: int, body: str) -> EngineError:
     """An infer request's error. Triton answers 500 for any exception in a Python model; a
     ValueError there is the model refusing its input (audio it cannot decode), not worth a retry."""
     try:  # the whole message: the traceback's last exception line is what matters

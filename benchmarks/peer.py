@@ -1467,7 +1467,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx.groups["direct"] = Group({})
         # Belt and braces: every thread of every process tree where it belongs.
         if pin:
-            for name, group in ctx.groups.items():
+            for group in ctx.groups.values():
                 for pid in group.procs.values():
                     set_affinity_tree(pid, {proxy_cpu})
             set_affinity_tree(mock.proc.pid, {client_cpu})

@@ -8,12 +8,14 @@ masked text, and a refused request costs no workflow. No HTTP here: the refusals
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
 from gatekeeping.auth import Principal
-from gatekeeping.limits import Admission, Limiter, estimate_prompt_tokens
+from gatekeeping.buckets import Admission
+from gatekeeping.limits import Limiter
 from gatekeeping.pii import PIIRejected, apply_policy
 from schemas.catalog import ModelEntry
 from schemas.errors import Forbidden, InvalidRequest, NotFound
@@ -21,8 +23,24 @@ from schemas.errors import Forbidden, InvalidRequest, NotFound
 _PRIORITY_NAMES = {"highest": 1, "high": 2, "normal": 3, "low": 4, "lowest": 5}
 
 
+def estimate_prompt_tokens(messages: Iterable[Any]) -> int:
+    """A cheap, deliberately high estimate of a chat prompt's tokens (UTF-8 bytes / 3 + 4 per message),
+    for the reservation; settlement charges the real count."""
+    total = 0
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else getattr(m, "content", None)
+        if isinstance(content, str):
+            total += len(content.encode()) // 3 + 1
+        elif isinstance(content, list):
+            for part in content:
+                text = part.get("text") if isinstance(part, dict) else None
+                total += len(text.encode()) // 3 + 1 if isinstance(text, str) else 85
+        total += 4
+    return total + 3
+
+
 def requested_priority(body: dict[str, Any], header: str | None) -> int | None:
-    value = body.get("priority", header)
+    value: Any = body.get("priority", header)
     if value is None:
         return None
     if isinstance(value, str):

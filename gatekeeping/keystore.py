@@ -24,7 +24,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
@@ -75,7 +75,10 @@ def _principal(rec: KeyRecord, tenant: Tenant) -> Principal:
                      retention_s=tenant.retention_s or 0)
 
 
-def _validated(struct_type: type, **fields: Any) -> Any:
+S = TypeVar("S")
+
+
+def _validated(struct_type: type[S], **fields: Any) -> S:
     try:
         return msgspec.convert(fields, struct_type)
     except msgspec.ValidationError as exc:
@@ -99,7 +102,9 @@ async def key_id_secret(js: JetStreamContext, configured: str = "", *, replicas:
             await kv.create(KEY_ID_SECRET, secrets.token_bytes(32))
         except KeyWrongLastSequenceError:
             pass  # there is one already
-        return (await kv.get(KEY_ID_SECRET)).value
+        entry = await kv.get(KEY_ID_SECRET)
+        assert entry.value is not None  # get raises for a missing or deleted key
+        return entry.value
 
     return await patiently(create_or_read)  # a new replicated bucket may have no leader yet
 
@@ -119,7 +124,7 @@ class KeyStore:
         self._deleted: dict[str, int] = {}                           # KV key -> revision of its delete
         self._principals: dict[bytes, Principal] = {}
         self._watchers: list[Any] = []
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     # ---- lifecycle ------------------------------------------------------------------------------
     @classmethod
@@ -251,16 +256,16 @@ class KeyStore:
             return principal
         if self._bootstrap is None:
             return None
-        principal = self._bootstrap.verify(presented)
-        if principal is None:
+        booted = self._bootstrap.verify(presented)
+        if booted is None:
             return None
-        tenant = self._tenants.get(principal.tenant)
+        tenant = self._tenants.get(booted.tenant)
         if tenant is None:
-            return principal
+            return booted
         t = tenant[0]
-        return msgspec.structs.replace(principal, tier=t.tier, pii=t.pii, tenant_limits=t.limits,
+        return msgspec.structs.replace(booted, tier=t.tier, pii=t.pii, tenant_limits=t.limits,
                                        retention_s=t.retention_s or 0,
-                                       operator=principal.admin and (t.operator or principal.operator))
+                                       operator=booted.admin and (t.operator or booted.operator))
 
     authenticate = verify
 
@@ -298,6 +303,7 @@ class KeyStore:
                 entry = await self._tenants_kv.get(tenant_id)
             except KeyNotFoundError:
                 raise NotFound(f"No tenant '{tenant_id}'.", param="tenant", code="tenant_not_found") from None
+            assert entry.value is not None
             current = msgspec.to_builtins(_tenant_decoder.decode(entry.value))
             current.update({k: msgspec.to_builtins(v) for k, v in changes.items()})
             tenant = _validated(Tenant, **current)
@@ -316,6 +322,7 @@ class KeyStore:
             entry = await self._tenants_kv.get(tenant_id)
         except (KeyNotFoundError, Exception):
             raise NotFound(f"No tenant '{tenant_id}'.", param="tenant", code="tenant_not_found") from None
+        assert entry.value is not None and entry.revision is not None
         tenant = _tenant_decoder.decode(entry.value)
         self._set_tenant(tenant, entry.revision)
         return tenant
@@ -358,6 +365,7 @@ class KeyStore:
                 entry = await self._keys_kv.get(d.hex())
             except KeyNotFoundError:
                 raise NotFound(f"No API key '{key_id}'.", param="key_id", code="key_not_found") from None
+            assert entry.value is not None and entry.revision is not None
             rec = _key_decoder.decode(entry.value)
             if rec.revoked:
                 self._set_key(d, rec, entry.revision)
@@ -373,7 +381,7 @@ class KeyStore:
 
 def key_view(rec: KeyRecord) -> dict[str, Any]:
     """A key record as shown to operators (no secret, no digest)."""
-    out = msgspec.to_builtins(rec)
+    out: dict[str, Any] = msgspec.to_builtins(rec)
     out["object"] = "api_key"
     out.setdefault("limits", {})
     out.setdefault("revoked", False)
@@ -382,7 +390,7 @@ def key_view(rec: KeyRecord) -> dict[str, Any]:
 
 
 def tenant_view(tenant: Tenant) -> dict[str, Any]:
-    out = msgspec.to_builtins(tenant)
+    out: dict[str, Any] = msgspec.to_builtins(tenant)
     out["object"] = "tenant"
     out.setdefault("limits", {})
     out.setdefault("tier", tenant.tier)

@@ -31,7 +31,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 Kind = Literal["EMAIL", "PHONE", "CARD", "RRN", "IP", "SECRET"]
 KINDS: tuple[str, ...] = ("EMAIL", "PHONE", "CARD", "RRN", "IP", "SECRET")
@@ -186,7 +186,7 @@ def _group_ends(text: str) -> list[int]:
             if (text[i].isdigit() or text[i] == ")") and (i + 1 == n or text[i + 1] in " .-(")]
 
 
-def _longest_valid(text: str, ok) -> int:
+def _longest_valid(text: str, ok: Callable[[str], bool]) -> int:
     """Length of the longest group-aligned prefix of `text` that `ok` accepts (0: none). A card number
     followed by its CVV, or a phone number followed by a year, is still found."""
     for end in _group_ends(text):
@@ -213,7 +213,7 @@ def _ipv4_ok(text: str) -> bool:
     return all(int(o) <= 255 and (len(o) == 1 or o[0] != "0") for o in text.split("."))
 
 
-def _find_emails(text: str, add) -> None:
+def _find_emails(text: str, add: Callable[[Finding], None]) -> None:
     local = _EMAIL_LOCAL
     p = text.find("@")
     while p != -1:
@@ -229,7 +229,7 @@ def _find_emails(text: str, add) -> None:
         p = text.find("@", p + 1)
 
 
-def _find_secrets(text: str, add) -> None:
+def _find_secrets(text: str, add: Callable[[Finding], None]) -> None:
     for anchor in _SECRET_ANCHOR.finditer(text):
         m = _SECRET.match(text, anchor.start())
         if m is not None and (m.group("sk") is None or _random_looking(m.group("sk")[3:])):
@@ -249,7 +249,7 @@ def _find_secrets(text: str, add) -> None:
             pos = end.end()
 
 
-def _find_ipv6(text: str, add) -> None:
+def _find_ipv6(text: str, add: Callable[[Finding], None]) -> None:
     n = len(text)
     chars = _V6_CHARS
     pos = 0
@@ -337,9 +337,9 @@ def _normalise(kind: str, value: str) -> str:
 class Masker:
     """Masks texts of one request, so equal values share a placeholder across all its messages."""
 
-    counts: Counter = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)
     _ids: dict[tuple[str, str], str] = field(default_factory=dict)
-    _next: Counter = field(default_factory=Counter)
+    _next: Counter[str] = field(default_factory=Counter)
 
     def placeholder(self, kind: str, value: str) -> str:
         key = (kind, _normalise(kind, value))
@@ -374,7 +374,7 @@ def mask_text(text: str) -> tuple[str, dict[str, int]]:
     return m.mask(text), dict(m.counts)
 
 
-def _map_texts(messages: Iterable[Any], fn) -> list[Any]:
+def _map_texts(messages: Iterable[Any], fn: Callable[[str], str]) -> list[Any]:
     """Applies `fn` to every string content and every text content part; returns new messages (dicts
     or msgspec structs / objects with `content`), leaving the input untouched."""
     out = []
@@ -424,7 +424,11 @@ def apply_policy(messages: Iterable[Any], policy: str) -> PIIResult:
         masked = _map_texts(messages, masker.mask)
         return PIIResult(masked, {k: masker.counts[k] for k in KINDS if masker.counts[k]})
     if policy == "reject":
-        _map_texts(messages, lambda t: (masker.scan(t), t)[1])
+        def scan(text: str) -> str:
+            masker.scan(text)
+            return text
+
+        _map_texts(messages, scan)
         counts = {k: masker.counts[k] for k in KINDS if masker.counts[k]}
         if counts:
             raise PIIRejected(counts)

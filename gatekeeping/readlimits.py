@@ -14,7 +14,8 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import msgspec
 
@@ -99,14 +100,19 @@ class ReadGate:
         return release
 
 
-def _gate(request) -> ReadGate | None:
-    return getattr(request.app.state.runtime, "reads", None)
+# A route of the proxy's (gatekeeping knows no HTTP types): a request to its response or SSE stream.
+Handler = Callable[[Any], Awaitable[Any]]
 
 
-def read_limited(handler):
+def _gate(request: Any) -> ReadGate | None:
+    gate: ReadGate | None = getattr(request.app.state.runtime, "reads", None)
+    return gate
+
+
+def read_limited(handler: Handler) -> Handler:
     """A read route charged to the caller's key (429 past its read rate)."""
     @functools.wraps(handler)
-    async def limited(request):
+    async def limited(request: Any) -> Any:
         gate = _gate(request)
         if gate is not None:
             gate.charge(request.state.principal.key_id)
@@ -115,11 +121,11 @@ def read_limited(handler):
     return limited
 
 
-def stream_limited(handler):
+def stream_limited(handler: Handler) -> Handler:
     """An SSE read route: charged as a read, and holding one of the key's stream slots until the
     response closes (429 when they are all taken)."""
     @functools.wraps(handler)
-    async def limited(request):
+    async def limited(request: Any) -> Any:
         gate = _gate(request)
         if gate is None:
             return await handler(request)

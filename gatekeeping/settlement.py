@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 
+from collections.abc import Awaitable
+
 import msgspec
 import structlog
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from orchestration.streams import SETTLE_STREAM, ensure_settle_stream
-from gatekeeping.limits import Admission, Limiter
+from gatekeeping.buckets import Admission
+from gatekeeping.limits import Limiter
 from schemas.jobs import Settlement
 
 log = structlog.get_logger("switchyard.settlement")
@@ -50,7 +54,7 @@ async def _settle_forever(js: JetStreamContext, limiter: Limiter, replicas: int)
             await _settle_one(msg, limiter)
 
 
-async def _settle_one(msg, limiter: Limiter) -> None:
+async def _settle_one(msg: Msg, limiter: Limiter) -> None:
     """Applies one settlement. Settling is idempotent per admission and scope (Limiter.settle), so a
     redelivered message charges nothing twice; an undecodable one is dropped for good."""
     try:
@@ -66,7 +70,7 @@ async def _settle_one(msg, limiter: Limiter) -> None:
         await _quietly(msg.nak(delay=2))
 
 
-async def _quietly(reply) -> None:
+async def _quietly(reply: Awaitable[None]) -> None:
     try:
         await reply
     except Exception as exc:  # the message comes back after its ack wait; settling it again is a no-op

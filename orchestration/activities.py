@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Coroutine, Mapping
 
 import msgspec
 from nats.errors import Error as NatsError
@@ -131,6 +131,7 @@ class InferenceActivities:
         cancelled = self._cancels.register(inp.job_id)
         result_ref = ""
         text: list[str] | None = None
+        work: Coroutine[Any, Any, tuple[str | None, Usage, str]]
         if inp.endpoint == EMBEDDINGS_ENDPOINT:
             work = self._embed(adapter, inp, body)
         elif inp.endpoint in (TRANSCRIPTIONS_ENDPOINT, TRANSLATIONS_ENDPOINT):

@@ -13,6 +13,7 @@ seq order); otherwise `close()` raises `EventsNotStored` and the attempt fails, 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -206,8 +207,8 @@ class EventPublisher:
                 continue
             if any(seq > s.seq for seq in stored):
                 raise EventsNotStored(f"event {s.seq} of job {self._job_id} is missing and later ones are stored")
-            await self._retrying(deadline, lambda s=s: self._js.publish(self._subject, s.data, headers=s.headers,
-                                                                          timeout=2.0))
+            await self._retrying(deadline, functools.partial(self._js.publish, self._subject, s.data,
+                                                             headers=s.headers, timeout=2.0))
             again += 1
         log.warning("events_published_again", job_id=self._job_id, unacked=len(missing), published=again)
 
@@ -218,6 +219,7 @@ class EventPublisher:
         except NotFoundError:
             return set()
         seqs = {e.seq for e in await read_events(self._js, self._job_id)}
+        assert last.data is not None  # a stored message, if an empty one
         if event_decoder.decode(last.data).seq not in seqs:
             raise _PartialRead()
         return seqs

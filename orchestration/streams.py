@@ -69,6 +69,7 @@ async def _add_or_update(js: JetStreamContext, config: StreamConfig) -> None:
     look it up, a worker in compose, gets by). When nothing works, the creation's error is the one
     raised (e.g. "replicas > 1 not supported in non-clustered mode" for SWITCHYARD_NATS_REPLICAS=3 on
     a single node)."""
+    assert config.name is not None
     try:
         existing = (await js.stream_info(config.name)).config
     except NotFoundError:
@@ -136,6 +137,7 @@ async def last_event(js: JetStreamContext, job_id: str) -> JobEvent | None:
         msg = await js.get_last_msg(STREAM, job_subject(job_id), direct=True)
     except NotFoundError:
         return None
+    assert msg.data is not None  # a stored message, if an empty one
     try:
         return event_decoder.decode(msg.data)
     except msgspec.DecodeError:

@@ -8,16 +8,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import nats
-from temporalio.client import Client
 from temporalio.worker import FixedSizeSlotSupplier, Worker, WorkerTuner
 
 from adapters.registry import build_adapter
 from orchestration.activities import InferenceActivities
+from orchestration.client import connect_temporal
 from orchestration.cancels import CANCEL_SUBJECT_PREFIX, CancelRegistry
 from orchestration.natsconfig import JobsRetention, NatsAuth
 from orchestration.objectstore import object_store_from_env, sweep_forever
-from orchestration.converter import data_converter
-from orchestration.telemetry import WorkerMetricsInterceptor, start_metrics_server, temporal_interceptors
+from orchestration.telemetry import WorkerMetricsInterceptor, start_metrics_server
 from orchestration.streams import ensure_secrets_bucket, ensure_settle_stream, ensure_stream
 from orchestration.delivery import WebhookActivities
 from orchestration.dispatch import DirectRuns
@@ -42,12 +41,6 @@ class WorkerConfig:
     nats_replicas: int = 1  # SWITCHYARD_NATS_REPLICAS: copies of every stream and KV bucket
     nats_auth: NatsAuth = NatsAuth()  # SWITCHYARD_NATS_USER/_PASSWORD/_CREDS/_CA
     jobs_retention: JobsRetention = JobsRetention()  # SWITCHYARD_JOBS_MAX_AGE_S/_MAX_BYTES
-
-
-async def connect_temporal(address: str, namespace: str) -> Client:
-    # With tracing on, the client's interceptor also applies to the workers built on this client.
-    return await Client.connect(address, namespace=namespace, data_converter=data_converter,
-                                interceptors=temporal_interceptors())
 
 
 async def run_worker(config: WorkerConfig, catalog: Catalog, stop: asyncio.Event) -> None:

@@ -13,7 +13,14 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     import msgspec
 
+    from orchestration.activities import InferenceActivities
+    from orchestration.delivery import WebhookActivities
+    from orchestration.dispatch import DirectRuns
+    from schemas.events import JOB_CANCELLED, JOB_FAILED, JOB_SUCCEEDED
     from schemas.jobs import (
+        ADOPT_SCHEDULE_TO_START_S,
+        INFERENCE_WORKFLOW,
+        NO_CAPACITY,
         AdoptInput,
         InferenceInput,
         InferenceSummary,
@@ -26,15 +33,9 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.openai import ErrorBody
 
-INFERENCE_WORKFLOW = "InferenceWorkflow"
-NO_CAPACITY = "No worker picked up the request in time; please retry."
-# The worker that took a dispatched run polls its adoption queue; longer than this, it is gone. Kept
-# generous: a worker that is only busy (thousands of streams on one core) must not lose live runs
-# to takeovers, which would cost more than they save (measured: 10 s cascaded at 1,000 streams).
-ADOPT_SCHEDULE_TO_START_S = 30.0
 NON_RETRYABLE = ["NoAdapter", "JobCancelled", "JobEnded"]
-_LOCAL = dict(start_to_close_timeout=timedelta(seconds=30),
-              retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)))
+LOCAL_TIMEOUT = timedelta(seconds=30)
+LOCAL_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=5))
 
 
 @workflow.defn(name=INFERENCE_WORKFLOW)
@@ -60,30 +61,33 @@ class InferenceWorkflow:
                 await self._cancelled(inp)
                 raise asyncio.CancelledError() from None
             notice = failure_notice(job_id, err)
-            await workflow.execute_local_activity("publish_terminal", notice, **_LOCAL)
+            await workflow.execute_local_activity_method(InferenceActivities.publish_terminal, notice,
+                                                         start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=LOCAL_RETRY)
             assert notice.error is not None
             await self._settle(inp, None)
-            await self._notify(inp, "job.failed", {"status": "failed", "error": notice.error})
+            await self._notify(inp, JOB_FAILED, {"status": "failed", "error": notice.error})
             raise ApplicationError(notice.error.message, notice.status, notice.error.code,
                                    type="JobFailed", non_retryable=True) from None
         await self._settle(inp, summary.usage.total_tokens)
-        await self._notify(inp, "job.succeeded", {"status": "succeeded", "usage": summary.usage,
-                                                  "finish_reason": summary.finish_reason})
+        await self._notify(inp, JOB_SUCCEEDED, {"status": "succeeded", "usage": summary.usage,
+                                                "finish_reason": summary.finish_reason})
         return summary
 
     async def _cancelled(self, inp: WorkflowInput) -> None:
         # Local activities run on this worker and take none of the engine's slots.
-        await workflow.execute_local_activity(
-            "publish_terminal", TerminalNotice(job_id=inp.inference.job_id, kind="cancelled"), **_LOCAL)
+        await workflow.execute_local_activity_method(
+            InferenceActivities.publish_terminal, TerminalNotice(job_id=inp.inference.job_id, kind="cancelled"),
+            start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=LOCAL_RETRY)
         await self._settle(inp, None)
-        await self._notify(inp, "job.cancelled", {"status": "cancelled"})
+        await self._notify(inp, JOB_CANCELLED, {"status": "cancelled"})
 
     async def _settle(self, inp: WorkflowInput, actual: int | None) -> None:
         if inp.admission is None:
             return
         request = SettlementRequest(job_id=inp.inference.job_id, admission=inp.admission,
                                     actual_tokens=actual, prompt_estimate=inp.prompt_estimate)
-        await workflow.execute_local_activity("publish_settlement", request, **_LOCAL)
+        await workflow.execute_local_activity_method(InferenceActivities.publish_settlement, request,
+                                                     start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=LOCAL_RETRY)
 
     async def _notify(self, inp: WorkflowInput, event_type: str, data: dict) -> None:
         if not inp.webhook_url:
@@ -105,9 +109,8 @@ async def _first_stage(inp: WorkflowInput) -> InferenceSummary:
     if inp.dispatched_to:
         t = inp.timeouts
         try:
-            return await workflow.execute_activity(
-                "adopt", AdoptInput(job_id=inference.job_id), task_queue=inp.dispatched_to,
-                result_type=InferenceSummary,
+            return await workflow.execute_activity_method(
+                DirectRuns.adopt, AdoptInput(job_id=inference.job_id), task_queue=inp.dispatched_to,
                 schedule_to_start_timeout=timedelta(seconds=ADOPT_SCHEDULE_TO_START_S),
                 start_to_close_timeout=timedelta(seconds=t.start_to_close_s),
                 heartbeat_timeout=timedelta(seconds=t.heartbeat_s),
@@ -139,11 +142,10 @@ def cancelled_by_client(err: ActivityError) -> bool:
 
 async def _inference(inference: InferenceInput, task_queue: str, t: StageTimeouts,
                      r: RetrySpec) -> InferenceSummary:
-    return await workflow.execute_activity(
-        "inference",
+    return await workflow.execute_activity_method(
+        InferenceActivities.inference,
         inference,
         task_queue=task_queue,
-        result_type=InferenceSummary,
         schedule_to_start_timeout=timedelta(seconds=t.schedule_to_start_s),
         start_to_close_timeout=timedelta(seconds=t.start_to_close_s),
         heartbeat_timeout=timedelta(seconds=t.heartbeat_s),
@@ -185,8 +187,8 @@ class WebhookWorkflow:
 
     @workflow.run
     async def run(self, delivery: WebhookDelivery) -> int:
-        return await workflow.execute_activity(
-            "deliver_webhook", delivery, result_type=int,
+        return await workflow.execute_activity_method(
+            WebhookActivities.deliver_webhook, delivery,
             start_to_close_timeout=timedelta(seconds=20),
             schedule_to_close_timeout=timedelta(hours=24),
             retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,

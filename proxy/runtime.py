@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 from temporalio.client import Client
 
 from orchestration.catalog import load_catalog
 from orchestration.objectstore import ObjectStore, claim_check_bytes, object_store_from_env
 from orchestration.search_attributes import ensure_search_attributes
 from orchestration.streams import ensure_secrets_bucket, ensure_stream
-from orchestration.worker import connect_temporal
+from orchestration.client import connect_temporal
 from proxy.config import ProxySettings
 from schemas.catalog import Catalog
+
+if TYPE_CHECKING:
+    from gatekeeping.keystore import KeyStore
+    from gatekeeping.limits import Limiter
+    from gatekeeping.readlimits import ReadGate
 
 
 @dataclass
@@ -27,14 +33,14 @@ class Runtime:
     temporal: Client
     nc: NATS
     js: JetStreamContext
-    webhook_secrets: Any
+    webhook_secrets: KeyValue
     objects: ObjectStore | None = None  # claim-check payloads and results (SWITCHYARD_OBJECT_*)
     claim_check_bytes: int = 1_000_000
-    keystore: Any = None  # gatekeeping.keystore.KeyStore: tenants and keys, shared by every replica
-    limiter: Any = None  # gatekeeping.limits.Limiter
-    settler: Any = None  # the task that settles finished jobs' token reservations
-    sweeper: Any = None  # the task that sweeps orphaned inputs from the object store (proxy.jobs.orphans)
-    reads: Any = None  # gatekeeping.readlimits.ReadGate: this replica's read buckets and /events slots
+    keystore: KeyStore | None = None  # tenants and keys, shared by every replica
+    limiter: Limiter | None = None
+    settler: asyncio.Task[None] | None = None  # settles finished jobs' token reservations
+    sweeper: asyncio.Task[None] | None = None  # sweeps orphaned inputs from the object store (proxy.jobs.orphans)
+    reads: ReadGate | None = None  # this replica's read buckets and /events slots
 
     @classmethod
     async def start(cls, settings: ProxySettings) -> "Runtime":
@@ -57,7 +63,8 @@ class Runtime:
         id_secret = await key_id_secret(js, settings.key_id_secret, replicas=replicas)
         keystore = await KeyStore.open(js, bootstrap=KeyRing(settings.api_keys, id_secret), replicas=replicas)
         limiter = await Limiter.open(js, replicas=replicas)
-        rt = cls(settings, catalog, temporal, nc, js, secrets, objects=object_store_from_env(),
+        objects = object_store_from_env()
+        rt = cls(settings, catalog, temporal, nc, js, secrets, objects=objects,
                  claim_check_bytes=claim_check_bytes(), keystore=keystore, limiter=limiter)
         rt.settler = asyncio.ensure_future(run_settler(js, limiter, replicas=replicas))
         from proxy.jobs.orphans import run_orphan_sweeper, temporal_job_state
@@ -65,7 +72,7 @@ class Runtime:
 
         rt.reads = ReadGate(settings.reads)
         rt.sweeper = asyncio.ensure_future(run_orphan_sweeper(
-            js, rt.objects, temporal_job_state(temporal), interval_s=settings.orphan_sweep_s,
+            js, objects, temporal_job_state(temporal), interval_s=settings.orphan_sweep_s,
             ttl_s=settings.orphan_ttl_s, replicas=replicas))
         return rt
 

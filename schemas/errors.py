@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from schemas.openai import ErrorBody
 
@@ -66,7 +67,7 @@ class _Throttled(APIError):
     status = 429
 
     def __init__(self, message: str, *, retry_after: float = 1.0, headers: dict[str, str] | None = None,
-                 **kwargs):
+                 **kwargs: Any):
         self.retry_after = max(0.0, float(retry_after))
         merged = dict(headers or {})
         merged["retry-after"] = str(max(1, math.ceil(self.retry_after)))

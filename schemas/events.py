@@ -13,6 +13,16 @@ import msgspec
 from schemas.openai import ErrorBody, Usage
 
 
+# The job's lifecycle, as named on /v1/jobs/{id}/events, over /v1/ws and in webhooks.
+JOB_RUNNING = "job.running"
+JOB_RESTARTED = "job.restarted"
+JOB_SUCCEEDED = "job.succeeded"
+JOB_FAILED = "job.failed"
+JOB_CANCELLED = "job.cancelled"
+LIFECYCLE_EVENTS = (JOB_RUNNING, JOB_RESTARTED, JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED)
+JOB_ENDINGS = (JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED)
+
+
 class Event(msgspec.Struct, tag_field="type", kw_only=True):
     seq: int
     attempt: int

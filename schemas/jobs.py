@@ -16,6 +16,14 @@ TRANSCRIPTIONS_ENDPOINT = "/v1/audio/transcriptions"
 TRANSLATIONS_ENDPOINT = "/v1/audio/translations"
 SPEECH_ENDPOINT = "/v1/audio/speech"
 
+# The workflow the proxy starts for every job (orchestration.workflows), and what it shares with it.
+INFERENCE_WORKFLOW = "InferenceWorkflow"
+NO_CAPACITY = "No worker picked up the request in time; please retry."
+# The worker that took a dispatched run polls its adoption queue; longer than this, it is gone. Kept
+# generous: a worker that is only busy (thousands of streams on one core) must not lose live runs
+# to takeovers, which would cost more than they save (measured: 10 s cascaded at 1,000 streams).
+ADOPT_SCHEDULE_TO_START_S = 30.0
+
 
 class RetrySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     initial_interval_s: float = 0.2
@@ -128,7 +136,7 @@ class WebhookDelivery(msgspec.Struct, frozen=True):
 
     job_id: str
     url: str
-    event_type: str  # job.succeeded | job.failed | job.cancelled
+    event_type: str  # one of schemas.events.JOB_ENDINGS
     created_at: int
     data: dict[str, Any]
 

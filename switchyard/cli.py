@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import signal
 import sys
 
@@ -119,6 +118,8 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    from gatekeeping.keystore import new_key
+
     print(new_key())
     return 0
 
@@ -128,10 +129,6 @@ def cmd_payload_key(args: argparse.Namespace) -> int:
 
     print(new_key_entry(args.id))
     return 0
-
-
-def new_key() -> str:
-    return "sk-sy-" + secrets.token_urlsafe(32)
 
 
 def _positive(text: str) -> int:

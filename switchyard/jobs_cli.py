@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-_TERMINAL = {"job.succeeded", "job.failed", "job.cancelled"}
+from schemas.events import JOB_ENDINGS, JOB_SUCCEEDED
+
 RECONNECTS = 20
 
 
@@ -143,7 +144,7 @@ def _tail(http, args: argparse.Namespace) -> int:
                         sys.stdout.write(text)
                         sys.stdout.flush()
                         status.update(f"{args.id}: running, {tokens} chunks")
-                    elif name in _TERMINAL:
+                    elif name in JOB_ENDINGS:
                         outcome = (name, json.loads(data))
                     else:
                         body = json.loads(data)
@@ -164,7 +165,7 @@ def _tail(http, args: argparse.Namespace) -> int:
     detail = (f"{usage.get('total_tokens')} tokens" if usage else
               (body.get("error") or {}).get("error", {}).get("message") or body.get("reason") or "")
     console.print(f"{args.id}: [bold]{name.removeprefix('job.')}[/] {detail}".rstrip())
-    return 0 if name == "job.succeeded" else 1
+    return 0 if name == JOB_SUCCEEDED else 1
 
 
 def _events(http, job_id: str, after: str | None) -> Iterator[tuple[str | None, str | None, str]]:

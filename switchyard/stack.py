@@ -147,7 +147,7 @@ def _worker_env(env: dict[str, str], i: int) -> dict[str, str]:
 
 
 def _demo_key(var: Path) -> str:
-    from switchyard.cli import new_key
+    from gatekeeping.keystore import new_key
 
     path = var / "demo_key"
     if path.exists():

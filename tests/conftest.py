@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,11 @@ from switchyard.processes import (
     start_temporal,
     wait_http,
 )
+from tests.eventually import eventually
 from tests.fakes.tgi import FakeTGI
 from tests.fakes.triton import FakeTriton
 from tests.fakes.vllm import FakeVLLM
+from tests.nats_fixture import running_nats
 from tests.triton_server import start_triton, stop_triton
 
 MODEL = "smollm2-135m-instruct"
@@ -164,6 +165,14 @@ async def js(stack: Stack):
     await nc.close()
 
 
+@pytest.fixture(scope="module")
+def nats_url(tmp_path_factory: pytest.TempPathFactory):
+    """A nats-server with JetStream shared by one test module (its own, so that modules do not see each
+    other's streams and buckets)."""
+    with running_nats(tmp_path_factory.mktemp("nats")) as url:
+        yield url
+
+
 def scenario(name: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"scenario={name};nonce={uuid.uuid4().hex}"}]
 
@@ -177,16 +186,17 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    def answering() -> bool:
+        try:
+            httpx.get(url + "/moto-api/", timeout=1)
+            return True
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                raise RuntimeError("moto server exited") from None
+            return False
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url + "/moto-api/", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto server did not start")
-                time.sleep(0.1)
+        eventually(answering, timeout=30, what="the moto server")
         yield url
     finally:
         proc.terminate()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import uvicorn
 
+from tests.eventually import eventually_async
+
 
 async def until_started(server: uvicorn.Server, serving: asyncio.Future, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        assert time.monotonic() < deadline and not serving.done(), "in-process proxy did not start"
-        await asyncio.sleep(0.05)
+    def started() -> bool:
+        if serving.done():
+            raise RuntimeError("the in-process proxy stopped before it started")
+        return server.started
+
+    await eventually_async(started, timeout, interval=0.05, what="the in-process proxy starting")

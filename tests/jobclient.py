@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
+
+from tests.eventually import eventually
 
 
 def sse_events(response: httpx.Response) -> list[dict]:
@@ -41,13 +42,11 @@ def read_events(http: httpx.Client, job_id: str, after: str | None = None, heade
 
 
 def wait_finished(http: httpx.Client, job_id: str, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def finished() -> dict | None:
         job = http.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish")
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return eventually(finished, timeout, interval=0.2, what=f"job {job_id} finishing")
 
 
 def chunk_text(events: list[dict]) -> str:
@@ -62,13 +61,11 @@ def chunk_text(events: list[dict]) -> str:
 
 def wait_result(http: httpx.Client, job_id: str, timeout: float = 60) -> httpx.Response:
     """GET /v1/jobs/{id}/result once the job has finished (it answers 409 before)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answered() -> httpx.Response | None:
         r = http.get(f"/v1/jobs/{job_id}/result")
-        if r.status_code != 409:
-            return r
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish")
+        return r if r.status_code != 409 else None
+
+    return eventually(answered, timeout, interval=0.2, what=f"job {job_id} finishing")
 
 
 def stream_through_a_worker_kill(stack, path: str, body: dict, kill_after: int = 12) -> tuple[str, str, str]:

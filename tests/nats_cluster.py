@@ -73,9 +73,9 @@ class NatsCluster:
                         break
                     finally:
                         await nc.close()
-                except Exception:
+                except Exception as exc:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"JetStream of {node.name} not ready in {timeout}s; see {self.log_dir}")
+                        raise TimeoutError(f"JetStream of {node.name} not ready in {timeout}s; see {self.log_dir}") from exc
                     await asyncio.sleep(0.2)
 
     def kill(self, name: str) -> None:

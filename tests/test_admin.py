@@ -1,5 +1,6 @@
-"""Admin API handlers over a small Starlette app with a real KeyStore and Limiter on a real NATS:
-the 401 / 403 / 404 matrix across an operator, a tenant admin, a tenant key and another tenant."""
+"""Admin API handlers in the proxy app, built by create_app around a runtime with a real KeyStore and
+Limiter on a real NATS: the 401 / 403 / 404 matrix across an operator, a tenant admin, a tenant key and
+another tenant."""
 
 from __future__ import annotations
 
@@ -10,25 +11,15 @@ import uuid
 import httpx
 import nats
 import pytest
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 
 from gatekeeping.auth import KeyRing
-from schemas.errors import APIError
-from proxy.http.errors import handle_api_error, handle_http_exception
 from gatekeeping.keystore import KeyStore
 from gatekeeping.limits import Limiter
-from proxy.endpoints.admin import ROUTES
+from proxy.config import ProxySettings
+from proxy.http.app import create_app
 from schemas.tenancy import Limits
-from tests.nats_fixture import running_nats
 
 OPERATOR_KEY = "sk-sy-op-" + uuid.uuid4().hex
-
-
-@pytest.fixture(scope="module")
-def nats_url(tmp_path_factory: pytest.TempPathFactory):
-    with running_nats(tmp_path_factory.mktemp("nats_admin")) as url:
-        yield url
 
 
 class World(types.SimpleNamespace):
@@ -41,9 +32,7 @@ async def world(nats_url: str):
     js = nc.jetstream()
     store = await KeyStore.open(js, bootstrap=KeyRing((f"demo:operator:{OPERATOR_KEY}",)))
     limiter = await Limiter.open(js)
-    app = Starlette(routes=ROUTES, exception_handlers={APIError: handle_api_error,
-                                                       HTTPException: handle_http_exception})
-    app.state.runtime = types.SimpleNamespace(keystore=store, limiter=limiter)
+    app = create_app(ProxySettings(), runtime=types.SimpleNamespace(keystore=store, limiter=limiter))
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin.test")
     w = World(store=store, limiter=limiter, client=client)
     suffix = uuid.uuid4().hex[:6]

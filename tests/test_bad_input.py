@@ -28,9 +28,11 @@ from proxy.http.app import create_app
 from proxy.config import ProxySettings
 from proxy.http.protocol import EnvelopeHttpToolsProtocol
 from schemas.jobs import CHAT_ENDPOINT
-from switchyard.processes import free_port, start_nats
+from switchyard.processes import free_port
 from tests.inprocess import until_started
 from tests.conftest import MODEL, Stack, scenario
+from tests.eventually import eventually_async
+from tests.nats_fixture import nats_server
 from tests.test_chat_errors import assert_envelope
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -229,21 +231,10 @@ models:
         await asyncio.wait_for(asyncio.gather(serving, return_exceptions=True), 30)
 
 
-@contextlib.contextmanager
-def private_nats(base: Path):
-    port = free_port()
-    holder = {"server": start_nats(port, base / "js", base / "log")}
-    try:
-        yield f"nats://127.0.0.1:{port}", port, holder
-    finally:
-        holder["server"].stop()
-
-
 @pytest.fixture(scope="module")
-async def protocol_proxy(stack: Stack, tmp_path_factory: pytest.TempPathFactory):
-    with private_nats(tmp_path_factory.mktemp("bad-input-nats")) as (nats_url, _, _):
-        async with inprocess_proxy(stack, nats_url) as (_, url):
-            yield url
+async def protocol_proxy(stack: Stack, nats_url: str):
+    async with inprocess_proxy(stack, nats_url) as (_, url):
+        yield url
 
 
 async def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -320,12 +311,12 @@ async def test_nats_outage_is_503_on_jobs_reads(stack: Stack, http: httpx.Client
                                           "body": {"model": "fake-vllm", "messages": scenario("ok")}})
     assert created.status_code == 202, created.text
     job_id = created.json()["id"]
-    with private_nats(tmp_path) as (nats_url, port, holder):
-        async with inprocess_proxy(stack, nats_url) as (app, url):
+    with nats_server(tmp_path) as nats:  # its own: the outage stops it
+        async with inprocess_proxy(stack, nats.url) as (app, url):
             async with httpx.AsyncClient(base_url=url, timeout=60,
                                          headers={"authorization": f"Bearer {stack.key}"}) as client:
                 assert (await client.get(f"/v1/jobs/{job_id}")).status_code == 200
-                await asyncio.to_thread(holder["server"].stop)  # the outage: this proxy's NATS only
+                await asyncio.to_thread(nats.stop)  # the outage: this proxy's NATS only
                 for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/events", f"/v1/jobs/{job_id}/result"):
                     started = time.monotonic()
                     r = await client.get(path)
@@ -336,9 +327,7 @@ async def test_nats_outage_is_503_on_jobs_reads(stack: Stack, http: httpx.Client
                     assert set(error) == {"message", "type", "param", "code"}
                     assert error["code"] == "events_unavailable" and error["type"] == "server_error"
                 # NATS back: the proxy recovers (and shuts down cleanly)
-                holder["server"] = await asyncio.to_thread(start_nats, port, tmp_path / "js", tmp_path / "log")
-                deadline = time.monotonic() + 30
-                while not app.state.runtime.nc.is_connected:
-                    assert time.monotonic() < deadline, "the proxy did not reconnect to NATS"
-                    await asyncio.sleep(0.1)
+                await asyncio.to_thread(nats.start)
+                await eventually_async(lambda: app.state.runtime.nc.is_connected, timeout=30,
+                                       what="the proxy reconnecting to NATS")
                 assert (await client.get(f"/v1/jobs/{job_id}")).status_code == 200

@@ -21,6 +21,7 @@ import pytest
 
 from switchyard.processes import ROOT
 from tests.conftest import MODEL, Stack
+from tests.eventually import eventually
 from tests.fakes.vllm import REPLY
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -152,10 +153,7 @@ def test_stop_cancels_the_job(page, stack: Stack):
     job = _job_in_url(page)
     page.find_element(By.ID, "stop").click()
     _wait(page, lambda d: _status(d) == "cancelled", 15, "the page shows the job cancelled")
-    deadline = time.monotonic() + 15
-    while _job(stack, job)["status"] != "cancelled" and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _job(stack, job)["status"] == "cancelled"
+    eventually(lambda: _job(stack, job)["status"] == "cancelled", timeout=15, interval=0.2)
     assert len(_answer(page).split()) < len(REPLY.split())
     page.save_screenshot(str(ARTIFACTS / "stop.png"))
 

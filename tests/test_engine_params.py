@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from gatekeeping.limits import estimate_prompt_tokens
+from gatekeeping.admission import estimate_prompt_tokens
 from tests.conftest import MODEL, Stack, scenario
 from tests.test_gatekeeping import admin, new_tenant
 

@@ -10,6 +10,7 @@ import time
 import httpx
 
 from tests.conftest import scenario
+from tests.eventually import eventually
 from tests.fakes.receiver import Receiver
 from tests.test_webhooks import SECRET, receiver  # noqa: F401 (the module's receiver fixture)
 from tests.jobclient import read_events, wait_finished
@@ -18,13 +19,8 @@ CHAT = "/v1/chat/completions"
 
 
 def webhook_types(receiver: Receiver, path: str, timeout: float = 30) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = receiver.for_path(path)
-        if got:
-            return [json.loads(body)["type"] for (_, _, body, _) in got]
-        time.sleep(0.1)
-    raise AssertionError(f"no webhook reached {path}")
+    got = eventually(lambda: receiver.for_path(path), timeout, what=f"a webhook to {path}")
+    return [json.loads(body)["type"] for (_, _, body, _) in got]
 
 
 def lifecycle(events: list[dict]) -> list[str]:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import random
 import time
 import uuid
 
 import httpx
-import pytest
 
 from tests.conftest import MODEL, OTHER_KEY, Stack, scenario
+from tests.eventually import eventually
 from tests.jobclient import chunk_text, read_events, sse_events, wait_finished
 
 CHAT = "/v1/chat/completions"
@@ -122,7 +121,8 @@ def test_idempotency_key_gives_one_generation(http: httpx.Client):
     key = f"idem-{uuid.uuid4().hex}"
     body = {"model": "fake-vllm", "messages": scenario("ok")}
     a = http.post(CHAT, json=body, headers={"idempotency-key": key})
-    time.sleep(1.1)  # a repeat in a later second still answers with the first object (its `created`)
+    # a repeat in a later second still answers with the first object (its `created`)
+    eventually(lambda: time.time() >= a.json()["created"] + 1, interval=0.05, what="the next second")
     b = http.post(CHAT, json=body, headers={"idempotency-key": key})
     assert a.status_code == b.status_code == 200
     assert a.headers["x-job-id"] == b.headers["x-job-id"]

@@ -7,6 +7,7 @@ import time
 import httpx
 
 from tests.conftest import MODEL, Stack
+from tests.eventually import eventually
 from tests.jobclient import assert_resumed_once, read_events, stream_through_a_worker_kill, wait_finished
 
 CHAT = "/v1/chat/completions"
@@ -17,26 +18,16 @@ def engine_busy_slots(stack: Stack) -> int:
     return sum(1 for s in httpx.get(base + "/slots").json() if s.get("is_processing"))
 
 
-def wait_for(predicate, timeout: float = 30, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not reached")
-
-
 def test_cancel_stops_the_engine_and_is_idempotent(stack: Stack, http: httpx.Client):
     body = {"model": MODEL, "max_tokens": 1000, "temperature": 1.0,
             "messages": [{"role": "user", "content": "Write a very long story about a lighthouse."}]}
     job_id = http.post("/v1/jobs", json={"endpoint": CHAT, "body": body}).json()["id"]
-    wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["tokens"] > 5)
+    eventually(lambda: http.get(f"/v1/jobs/{job_id}").json()["tokens"] > 5, interval=0.05)
     assert engine_busy_slots(stack) >= 1
     r = http.post(f"/v1/jobs/{job_id}/cancel")
     assert r.status_code == 200 and r.headers["cancel-requested"] == "true"
     cancelled_at = time.monotonic()
-    wait_for(lambda: engine_busy_slots(stack) == 0, timeout=10)
+    eventually(lambda: engine_busy_slots(stack) == 0, timeout=10, interval=0.05)
     engine_stopped_after = time.monotonic() - cancelled_at
     done = wait_finished(http, job_id)
     assert done["status"] == "cancelled" and done["tokens"] < 1000

@@ -18,7 +18,6 @@ from schemas.errors import Conflict, InvalidRequest, NotFound
 from proxy.config import ProxySettings
 from gatekeeping.keystore import BUCKET_KEYS, BUCKET_TENANTS, KeyStore, key_id_secret
 from schemas.tenancy import Limits
-from tests.nats_fixture import running_nats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_KEY = "sk-sy-demo-" + uuid.uuid4().hex
@@ -31,12 +30,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-@pytest.fixture(scope="module")
-def nats_url(tmp_path_factory: pytest.TempPathFactory):
-    with running_nats(tmp_path_factory.mktemp("nats_keystore")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,10 @@ import pytest
 from gatekeeping.auth import Principal
 from schemas.errors import QuotaExceeded, RateLimited
 from proxy.http.errors import error_response
-from gatekeeping.limits import Admission, Limiter, estimate_prompt_tokens, format_reset
+from gatekeeping.admission import estimate_prompt_tokens
+from gatekeeping.buckets import Admission, format_reset
+from gatekeeping.limits import Limiter
 from schemas.tenancy import Limits
-from tests.nats_fixture import running_nats
 
 
 class Clock:
@@ -27,12 +28,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-@pytest.fixture(scope="module")
-def nats_url(tmp_path_factory: pytest.TempPathFactory):
-    with running_nats(tmp_path_factory.mktemp("nats_limits")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +268,8 @@ async def test_nats_unreachable_fails_closed(nats_url) -> None:
 _BURST_SCRIPT = """
 import asyncio, sys, nats
 from gatekeeping.auth import Principal
-from gatekeeping.limits import Limiter, Admission
+from gatekeeping.buckets import Admission
+from gatekeeping.limits import Limiter
 from schemas.tenancy import Limits
 
 async def main(url, tenant, n, start_at):

@@ -45,7 +45,7 @@ def test_document_covers_every_route(document: dict):
     documented = {(m, p) for p, item in document["paths"].items() for m in item}
     assert served == documented
     bare = [(m, p) for p, item in document["paths"].items() for m, op in item.items() if op.get(UNDOCUMENTED)]
-    assert bare == [], "routes without a description in proxy/http/openapi.py"
+    assert bare == [], "routes without a description in proxy/http/operations.py"
     for must in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/result",
                  "/v1/jobs/{job_id}/cancel", "/v1/chat/completions", "/healthz", "/readyz", "/metrics"):
         assert must in document["paths"]

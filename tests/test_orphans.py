@@ -17,7 +17,7 @@ import pytest
 from orchestration.objectstore import (LocalObjectStore, StoredObject, object_store_from_env, request_key,
                                        result_key, upload_key)
 from orchestration.streams import ensure_kv
-from orchestration.workflows import INFERENCE_WORKFLOW
+from schemas.jobs import INFERENCE_WORKFLOW
 from proxy.jobs.orphans import sweep_orphans, take_turn, temporal_job_state
 from tests.conftest import Stack, scenario
 from tests.jobclient import wait_finished

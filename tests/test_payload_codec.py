@@ -14,7 +14,6 @@ import uuid
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 
@@ -28,9 +27,8 @@ from orchestration.codec import (
 )
 from orchestration.converter import data_converter
 from gatekeeping.auth import KeyRing
-from schemas.errors import APIError
-from proxy.http.errors import handle_api_error
-from proxy.endpoints.codec import ROUTES
+from proxy.config import ProxySettings
+from proxy.http.app import create_app
 from switchyard.processes import ROOT, tool
 from tests.conftest import MODEL, Stack
 
@@ -127,8 +125,7 @@ OPERATOR, TENANT_ADMIN, USER = (f"sk-sy-{role}-{uuid.uuid4().hex}" for role in (
 @pytest.fixture
 async def admin():
     keys = KeyRing([f"ops:operator:{OPERATOR}", f"acme:admin:{TENANT_ADMIN}", f"acme:user:{USER}"])
-    app = Starlette(routes=ROUTES, exception_handlers={APIError: handle_api_error})
-    app.state.runtime = types.SimpleNamespace(keystore=keys)
+    app = create_app(ProxySettings(), runtime=types.SimpleNamespace(keystore=keys))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin.test") as c:
         yield c
 

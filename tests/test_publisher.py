@@ -15,15 +15,8 @@ from orchestration import publisher as publisher_module
 from orchestration.publisher import EventPublisher, EventsNotStored
 from orchestration.streams import ensure_stream, read_events
 from schemas.events import Delta, Started, event_decoder
-from tests.nats_fixture import running_nats
 
 WORDS = ["one", " two", " three", " four"]
-
-
-@pytest.fixture(scope="module")
-def nats_url(tmp_path_factory):
-    with running_nats(tmp_path_factory.mktemp("publisher")) as url:
-        yield url
 
 
 class Lossy:

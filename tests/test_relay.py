@@ -18,13 +18,6 @@ from proxy.jobs.api import job_parts
 from proxy.http.sse import render, resume_seq
 from schemas.events import Delta, Failed, Finished, Started, event_encoder
 from schemas.openai import ErrorBody, Usage
-from tests.nats_fixture import running_nats
-
-
-@pytest.fixture(scope="module")
-def nats_url(tmp_path_factory):
-    with running_nats(tmp_path_factory.mktemp("relay")) as url:
-        yield url
 
 
 @pytest.fixture
@@ -60,7 +53,7 @@ async def drain(feed: EventFeed, timeout: float = 2.0) -> list:
 async def test_thousands_of_feeds_leave_nothing_on_the_server(js):
     await publish(js, "leak-0", events_of(6))
     before = len(client_of(js)._subs)
-    for i in range(1500):  # the server refused the 1,001st consumer before
+    for _ in range(1500):  # the server refused the 1,001st consumer before
         feed = await EventFeed.open(js, "leak-0", after_seq=random.randrange(0, 5))
         assert (await drain(feed))[-1].seq == 6
         await feed.close()

@@ -4,8 +4,6 @@ its jobs as a per-message TTL (Nats-TTL, NATS 2.11+)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from orchestration.publisher import EventPublisher
 from orchestration.streams import STREAM, TTL_HEADER, ensure_kv, ensure_stream, events_ttl, job_subject, read_events
 from schemas.jobs import TerminalNotice
 from schemas.openai import ErrorBody
+from tests.eventually import eventually_async
 from tests.nats_fixture import running_nats
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -77,10 +76,10 @@ async def test_events_with_a_ttl_expire_and_the_others_stay(tmp_path: Path):
             await kept.started(resumed_from=0)
             await kept.cancelled("done")
             assert len(await read_events(js, "job-short")) == 2
-            deadline = time.monotonic() + 15
-            while await read_events(js, "job-short"):
-                assert time.monotonic() < deadline, "events with Nats-TTL: 1 still stored"
-                await asyncio.sleep(0.2)
+            async def short_events_expired() -> bool:
+                return not await read_events(js, "job-short")
+
+            await eventually_async(short_events_expired, timeout=15, interval=0.2)
             assert len(await read_events(js, "job-kept")) == 2
         finally:
             await nc.close()

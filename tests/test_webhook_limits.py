@@ -18,6 +18,7 @@ from temporalio.testing import ActivityEnvironment
 from orchestration.delivery import WebhookActivities
 from orchestration.webhooks import _public
 from schemas.jobs import WebhookDelivery
+from tests.eventually import eventually_async
 from tests.fakes.receiver import Receiver, gzip_bomb
 from tests.jobclient import wait_finished
 from tests.test_webhooks import SECRET, create, receiver, wait_deliveries  # noqa: F401 (the receiver fixture)
@@ -200,8 +201,6 @@ async def test_a_never_ending_answer_ends_within_one_tries_deadline(stack, http:
     wait_deliveries(receiver, "/trickle", 1)
     # 15 s is the per-try deadline; the answer's 200 came at once, so the delivery ends long before it
     assert await asyncio.wait_for(temporal.get_workflow_handle(f"{job_id}-webhook").result(), 15) == 200
-    deadline = time.monotonic() + 5
-    while "/trickle" not in receiver.hung_up and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert "/trickle" in receiver.hung_up  # the worker hung up rather than read on
+    # the worker hung up rather than read on
+    await eventually_async(lambda: "/trickle" in receiver.hung_up, timeout=5, interval=0.05)
     assert len(receiver.for_path("/trickle")) == 1

@@ -13,6 +13,7 @@ import pytest
 
 from switchyard.processes import free_port
 from tests.conftest import MODEL
+from tests.eventually import eventually
 from tests.fakes.receiver import Receiver
 from tests.jobclient import wait_finished
 
@@ -36,12 +37,12 @@ def create(http: httpx.Client, url: str, secret: str = SECRET) -> httpx.Response
 
 
 def wait_deliveries(receiver: Receiver, path: str, n: int, timeout: float = 30) -> list:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(receiver.for_path(path)) >= n:
-            return receiver.for_path(path)
-        time.sleep(0.05)
-    raise AssertionError(f"{len(receiver.for_path(path))} deliveries to {path}, wanted {n}")
+    def delivered() -> list:
+        got = receiver.for_path(path)
+        assert len(got) >= n, f"{len(got)} deliveries to {path}, wanted {n}"
+        return got
+
+    return eventually(delivered, timeout, interval=0.05)
 
 
 def test_webhook_is_signed_and_verifiable_with_the_openai_sdk(http: httpx.Client, receiver: Receiver):

@@ -10,14 +10,21 @@ import time
 import uuid
 
 import httpx
+import msgspec
 import pytest
 import uvicorn
 import websockets
 from prometheus_client import REGISTRY
 
 from proxy.jobs import ws as socket_module
+from proxy.jobs.api import job_parts
+from proxy.jobs.render import writer_for
+from proxy.http.sse import LIFECYCLE
 from proxy.http.app import create_app
 from proxy.config import ProxySettings
+from schemas.events import Cancelled, Failed, Finished, Restarted, Started
+from schemas.jobs import CHAT_ENDPOINT
+from schemas.openai import ErrorBody, Usage
 from tests.conftest import MODEL, Stack, scenario
 from tests.inprocess import until_started
 
@@ -28,6 +35,29 @@ def ws_url(stack: Stack) -> str:
 
 async def recv(ws) -> dict:
     return json.loads(await asyncio.wait_for(ws.recv(), 30))
+
+
+@pytest.mark.parametrize("event", [
+    Started(seq=3, attempt=2, resumed_from=2, stage="speak"),
+    Restarted(seq=4, attempt=2, reason="the engine cannot continue"),
+    Finished(seq=9, attempt=2, finish_reason="stop", usage=Usage(prompt_tokens=3, completion_tokens=5,
+                                                                 total_tokens=8), model=MODEL, created=1),
+    Failed(seq=9, attempt=1, status=503, error=ErrorBody(message="no", type="server_error", code="no_capacity")),
+    Cancelled(seq=9, attempt=1),
+], ids=lambda e: type(e).__name__)
+def test_a_lifecycle_event_says_over_the_socket_what_it_says_on_the_jobs_stream(event):
+    chunks = writer_for(CHAT_ENDPOINT, "chatcmpl-1", MODEL, 1, True)
+    [(_, name, body)] = [part for part in job_parts(event, chunks) if part[0] == LIFECYCLE]
+    message = socket_module.Session._message("c1", event, chunks)
+    assert message["event"] == name.decode()
+    assert msgspec.json.decode(msgspec.json.encode(message["data"])) == msgspec.json.decode(body)
+
+
+def test_job_running_over_the_socket_says_where_it_resumed():
+    chunks = writer_for(CHAT_ENDPOINT, "chatcmpl-1", MODEL, 1, True)
+    message = socket_module.Session._message("c1", Started(seq=3, attempt=2, resumed_from=2), chunks)
+    assert message["event"] == "job.running"
+    assert message["data"]["attempt"] == 2 and message["data"]["resumed_from"] > 0
 
 
 async def test_two_requests_interleave_and_one_is_cancelled(stack: Stack):

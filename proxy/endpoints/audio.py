@@ -8,7 +8,6 @@ engine makes them, through the job's event stream; the whole file is also stored
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 from typing import Any, AsyncIterator
@@ -21,23 +20,15 @@ from starlette.responses import Response, StreamingResponse
 
 from orchestration.objectstore import upload_key
 from gatekeeping.auth import Principal
+from proxy.http.sse import SSEResponse
 from proxy.jobs.render import ResultAssembler, ResultWriter
 from schemas.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable
-from proxy.jobs.admit import admit_job
-from proxy.jobs.store import accepted_response, prefers_async, release_admission, start_job
+from proxy.jobs.store import prefers_async, release_admission
 from proxy.jobs.pipelines import as_pipeline
 from proxy.runtime import Runtime
 from proxy.jobs.results import stored_result
-from proxy.jobs.run import (
-    PreparedJob,
-    convert_request,
-    find_model,
-    first_events,
-    new_job,
-    open_and_start,
-    opening_batch,
-    serve_job,
-)
+from proxy.jobs.prepare import PreparedJob, convert_request, find_model, new_job
+from proxy.jobs.run import JobRun
 from proxy.http.body import read_json_body
 from proxy.jobs.relay import EventFeed
 from schemas.audio import MAX_AUDIO_BYTES, SPEECH_MEDIA_TYPES, SpeechRequest, TranscriptionRequest
@@ -170,28 +161,27 @@ async def _store_upload(rt: Runtime, job: PreparedJob, upload: Upload) -> Prepar
     return msgspec.structs.replace(job, inp=msgspec.structs.replace(job.inp, inference=inference))
 
 
-async def _transcribe(request: Request, endpoint: str) -> Response:
+async def _transcribe(request: Request, endpoint: str) -> Response | SSEResponse:
     rt: Runtime = request.app.state.runtime
     fields, upload = await read_form(request)
     job = prepare_transcription(rt, request.state.principal, fields, upload, endpoint,
                                 request.headers.get("idempotency-key"))
-    request.state.model, request.state.job_id = job.model.id, job.job_id
-    # Admitted before the upload is stored: a refused request leaves nothing in the store.
-    job = await admit_job(request, rt, request.state.principal, job)
+    run = JobRun(rt, request, job)
+    await run.admit()  # before the upload is stored: a refused request leaves nothing in the store
     try:
-        job = await _store_upload(rt, job, upload)
+        run.job = await _store_upload(rt, run.job, upload)
     except BaseException:
-        await release_admission(rt, job.inp)
+        await release_admission(rt, run.job.inp)
         raise
     chunks = ResultWriter(job.job_id, job.model.id, job.memo.created, False)
-    return await serve_job(request, rt, job, chunks, ResultAssembler(chunks), stored_result, admitted=True)
+    return await run.respond(chunks, ResultAssembler(chunks), stored_result, admitted=True)
 
 
-async def transcriptions(request: Request) -> Response:
+async def transcriptions(request: Request) -> Response | SSEResponse:
     return await _transcribe(request, TRANSCRIPTIONS)
 
 
-async def translations(request: Request) -> Response:
+async def translations(request: Request) -> Response | SSEResponse:
     return await _transcribe(request, TRANSLATIONS)
 
 
@@ -223,19 +213,17 @@ async def speech(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     raw = await read_json_body(request, rt.settings.max_body_bytes)
     job = prepare_speech(rt, request.state.principal, raw, request.headers.get("idempotency-key"))
-    request.state.model, request.state.job_id = job.model.id, job.job_id
-    job = await admit_job(request, rt, request.state.principal, job)
+    run = JobRun(rt, request, job)
+    await run.admit()
     if prefers_async(request):
-        await start_job(rt, job.inp, job.model, job.memo)
-        return await accepted_response(rt, job.job_id, job.memo.tenant, prefer_applied=True)
-    feed = await open_and_start(rt, job)
-    headers = {"x-job-id": job.job_id}
-    first = asyncio.ensure_future(first_events(rt, feed, job.job_id, job.model))
-    batch = await opening_batch(rt, feed, first, job.job_id, headers)
+        return await run.start_in_background()
+    await run.start()
+    batch = await run.opening_batch()
     fmt = raw.get("response_format", "mp3")
-    return StreamingResponse(_audio(feed, batch, job.model.timeouts.start_to_close_s),
+    assert run.feed is not None
+    return StreamingResponse(_audio(run.feed, batch, job.model.timeouts.start_to_close_s),
                              media_type=SPEECH_MEDIA_TYPES.get(fmt, "application/octet-stream"),
-                             headers=headers)
+                             headers=run.headers)
 
 
 async def _audio(feed: EventFeed, batch: list[JobEvent], timeout_s: float) -> AsyncIterator[bytes]:

@@ -8,19 +8,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gatekeeping.auth import Principal
+from proxy.http.sse import SSEResponse
 from proxy.jobs.render import ChunkWriter, CompletionAssembler
 from schemas.errors import InvalidRequest
 from proxy.endpoints.params import check_content_parts
 from proxy.runtime import Runtime
-from proxy.jobs.run import (
-    PreparedJob,
-    check_max_tokens,
-    convert_request,
-    engine_entry,
-    find_model,
-    new_streamed_job,
-    serve_endpoint,
-)
+from proxy.jobs.prepare import PreparedJob, check_max_tokens, convert_request, engine_entry, find_model, new_streamed_job
+from proxy.jobs.run import serve_endpoint
 from schemas.catalog import ModelEntry
 from schemas.jobs import CHAT_ENDPOINT
 from schemas.openai import CONTENT_REQUIRED, ChatCompletionRequest
@@ -74,5 +68,5 @@ def prepare_chat(rt: Runtime, principal: Principal, raw: dict[str, Any], idempot
                             metadata=metadata, webhook_url=webhook_url)
 
 
-async def chat_completions(request: Request) -> Response:
+async def chat_completions(request: Request) -> Response | SSEResponse:
     return await serve_endpoint(request, CHAT, prepare_chat, ChunkWriter, CompletionAssembler)

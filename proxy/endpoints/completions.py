@@ -8,17 +8,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gatekeeping.auth import Principal
+from proxy.http.sse import SSEResponse
 from proxy.jobs.render import TextChunkWriter, TextCompletionAssembler
 from schemas.errors import InvalidRequest
 from proxy.runtime import Runtime
-from proxy.jobs.run import (
-    PreparedJob,
-    check_max_tokens,
-    convert_request,
-    find_model,
-    new_streamed_job,
-    serve_endpoint,
-)
+from proxy.jobs.prepare import PreparedJob, check_max_tokens, convert_request, find_model, new_streamed_job
+from proxy.jobs.run import serve_endpoint
 from schemas.jobs import COMPLETIONS_ENDPOINT
 from schemas.openai import CompletionRequest
 
@@ -56,5 +51,5 @@ def prepare_completion(rt: Runtime, principal: Principal, raw: dict[str, Any], i
                             idempotency_key=idempotency_key, metadata=metadata, webhook_url=webhook_url)
 
 
-async def completions(request: Request) -> Response:
+async def completions(request: Request) -> Response | SSEResponse:
     return await serve_endpoint(request, COMPLETIONS, prepare_completion, TextChunkWriter, TextCompletionAssembler)

@@ -12,12 +12,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gatekeeping.auth import Principal
+from proxy.http.sse import SSEResponse
 from proxy.jobs.render import ResultAssembler, ResultWriter
 from schemas.errors import InvalidRequest
 from proxy.endpoints.params import engine_body
 from proxy.jobs.results import stored_result
 from proxy.runtime import Runtime
-from proxy.jobs.run import PreparedJob, convert_request, find_model, new_job, serve_endpoint
+from proxy.jobs.prepare import PreparedJob, convert_request, find_model, new_job
+from proxy.jobs.run import serve_endpoint
 from schemas.jobs import EMBEDDINGS_ENDPOINT
 from schemas.openai import EmbeddingRequest
 
@@ -69,5 +71,5 @@ def prepare_embedding(rt: Runtime, principal: Principal, raw: dict[str, Any], id
                    metadata=metadata, webhook_url=webhook_url, options=options)
 
 
-async def embeddings(request: Request) -> Response:
+async def embeddings(request: Request) -> Response | SSEResponse:
     return await serve_endpoint(request, EMBEDDINGS, prepare_embedding, ResultWriter, ResultAssembler, stored_result)

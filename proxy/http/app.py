@@ -31,15 +31,20 @@ from proxy.jobs.ws import websocket_endpoint
 from proxy.endpoints.ui import ROUTES as UI_ROUTES
 
 
-def create_app(settings: ProxySettings) -> Starlette:
+def create_app(settings: ProxySettings, runtime: Runtime | None = None) -> Starlette:
+    """With `runtime` given (tests), the app uses it and leaves starting and closing it to the caller."""
+
     @asynccontextmanager
     async def lifespan(app: Starlette):
-        runtime = await Runtime.start(settings)
-        app.state.runtime = runtime
+        if runtime is not None:
+            yield
+            return
+        started = await Runtime.start(settings)
+        app.state.runtime = started
         try:
             yield
         finally:
-            await runtime.close()
+            await started.close()
 
     keys = KeyRing(settings.api_keys)
     routes = [
@@ -80,4 +85,6 @@ def create_app(settings: ProxySettings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.keys = keys
+    if runtime is not None:
+        app.state.runtime = runtime
     return app

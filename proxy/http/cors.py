@@ -188,7 +188,7 @@ class TenantOriginGate:
         cors: CORSMiddleware | None = state.get("cors")
         tenant = state.get("tenant")
         origin = _header(scope, b"origin") if cors is not None else None
-        if origin is not None and tenant is not None and not same_origin(scope, origin) \
+        if origin is not None and cors is not None and tenant is not None and not same_origin(scope, origin) \
                 and not cors.origins.allows(origin):
             store = _keystore(scope)
             if not tenant_allows(store.get_tenant(tenant) if store is not None else None, origin):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
 from opentelemetry import trace
 
 
-def add_trace_ids(logger, method_name: str, event_dict: dict) -> dict:
+def add_trace_ids(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Joins the current OpenTelemetry span's `trace_id` and `span_id` (hex, as exporters show them)."""
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:

@@ -12,6 +12,7 @@ from proxy.runtime import Runtime
 
 
 async def admit_job(request: Request | None, rt: Runtime, principal: Principal, job):
+    assert rt.limiter is not None, "the runtime opens its limiter at start"
     admitted = await admit(rt.limiter, principal, job.memo.endpoint, job.model, job.inp.inference.body,
                            request.headers.get("x-priority") if request is not None else None)
     if request is not None:

@@ -13,10 +13,10 @@ from gatekeeping.auth import Principal
 from proxy.http.body import read_json_body
 from proxy.jobs.render import ChunkWriter, assembler_for, terminal_error, writer_for
 from schemas.errors import APIError, InvalidRequest, NotFound, ServiceUnavailable
-from proxy.jobs.store import (Job, JobView, ScanBudget, accepted_response, etag_of, goes_direct, list_jobs, load_job,
-                        release_admission, start_job)
+from proxy.jobs.store import (Job, JobView, ScanBudget, etag_of, list_jobs, load_job,
+                        release_admission)
 from proxy.jobs.relay import EventFeed, parse_event_id
-from proxy.jobs.admit import admit_job
+from proxy.jobs.run import JobRun
 from proxy.runtime import Runtime
 from proxy.endpoints.audio import SPEECH, prepare_speech
 from proxy.endpoints.chat import CHAT, prepare_chat
@@ -27,7 +27,8 @@ from proxy.endpoints.embeddings import EMBEDDINGS, prepare_embedding
 from proxy.http.sse import CHUNK, KEEPALIVE, LIFECYCLE, Part, SSEResponse, frame_id, render, resume_seq
 from orchestration.webhooks import WebhookTargetError, check_target, parse_secret
 from schemas.catalog import Catalog
-from schemas.events import Cancelled, Delta, Failed, Finished, JobEvent, Restarted, Started
+from schemas.events import (JOB_CANCELLED, JOB_FAILED, JOB_RESTARTED, JOB_RUNNING, JOB_SUCCEEDED, Cancelled, Delta,
+                            Failed, Finished, JobEvent, Restarted, Started)
 from schemas.jobs import TRANSCRIPTIONS_ENDPOINT, TRANSLATIONS_ENDPOINT
 
 _encoder = msgspec.json.Encoder()
@@ -87,17 +88,16 @@ async def create_job(request: Request) -> Response:
         await _check_webhook(rt, spec.webhook)
     chat = PREPARE[spec.endpoint](rt, request.state.principal, spec.body, request.headers.get("idempotency-key"),
                                   spec.metadata, spec.webhook.url if spec.webhook else "")
-    request.state.model, request.state.job_id = chat.model.id, chat.job_id
-    chat = await admit_job(request, rt, request.state.principal, chat)
+    run = JobRun(rt, request, chat)
+    await run.admit()
     if spec.webhook is not None:
         try:
             await rt.webhook_secrets.put(chat.job_id, spec.webhook.secret.encode())
         except Exception:
-            await release_admission(rt, chat.inp)
+            await release_admission(rt, run.job.inp)
             raise ServiceUnavailable("The webhook secret could not be stored; please retry.",
                                      code="events_unavailable") from None
-    await start_job(rt, chat.inp, chat.model, chat.memo, direct=goes_direct(request.headers, spec.endpoint))
-    return await accepted_response(rt, chat.job_id, chat.memo.tenant)
+    return await run.start_in_background(prefer_applied=False)
 
 
 def scope_clause(principal: Principal, catalog: Catalog) -> str | None:
@@ -216,7 +216,7 @@ async def list_all(request: Request) -> Response:
 
 
 @stream_limited
-async def events(request: Request) -> Response:
+async def events(request: Request) -> SSEResponse:
     rt: Runtime = request.app.state.runtime
     job = await _job(request)
     after_id = parse_event_id(request.headers.get("last-event-id") or request.query_params.get("after") or "0")
@@ -226,24 +226,30 @@ async def events(request: Request) -> Response:
                        {"x-job-id": job.view.id}, on_close=feed.close)
 
 
-def job_parts(event: JobEvent, chunks: ChunkWriter) -> list[Part]:
-    """The jobs stream: chunk events unnamed (as OpenAI's), lifecycle events named `job.*`."""
-    if isinstance(event, Delta):
-        return [(CHUNK, None, chunks.delta_chunk(event))]
+def lifecycle(event: Started | Restarted | Finished | Failed | Cancelled) -> tuple[str, dict[str, Any]]:
+    """A lifecycle event's name and body, the same on the SSE stream and over the WebSocket."""
     if isinstance(event, Finished):
-        body = {"status": "succeeded", "finish_reason": event.finish_reason, "usage": event.usage}
-        return chunks.finish_parts(event) + [_named("job.succeeded", body)]
+        return JOB_SUCCEEDED, {"status": "succeeded", "finish_reason": event.finish_reason, "usage": event.usage}
     if isinstance(event, Started):
         running = {"status": "running", "attempt": event.attempt, "resumed_from": frame_id(event.resumed_from)}
         if event.stage:
             running["stage"] = event.stage
-        return [_named("job.running", running)]
+        return JOB_RUNNING, running
     if isinstance(event, Restarted):
-        return [_named("job.restarted", {"status": "running", "attempt": event.attempt, "reason": event.reason})]
+        return JOB_RESTARTED, {"status": "running", "attempt": event.attempt, "reason": event.reason}
     if isinstance(event, Cancelled):
-        return [_named("job.cancelled", {"status": "cancelled", "reason": event.reason})]
-    assert isinstance(event, Failed)
-    return [_named("job.failed", {"status": "failed", "error": terminal_error(event).body()})]
+        return JOB_CANCELLED, {"status": "cancelled", "reason": event.reason}
+    return JOB_FAILED, {"status": "failed", "error": terminal_error(event).body()}
+
+
+def job_parts(event: JobEvent, chunks: ChunkWriter) -> list[Part]:
+    """The jobs stream: chunk events unnamed (as OpenAI's), lifecycle events named `job.*`."""
+    if isinstance(event, Delta):
+        return [(CHUNK, None, chunks.delta_chunk(event))]
+    named = _named(*lifecycle(event))
+    if isinstance(event, Finished):
+        return chunks.finish_parts(event) + [named]
+    return [named]
 
 
 def _named(name: str, body: Any) -> Part:
@@ -258,7 +264,7 @@ async def _job_stream(feed: EventFeed, chunks: ChunkWriter, keepalive_s: float,
         except TimeoutError:
             if view.finished and view.error is not None and view.last_event_id <= frame_id(feed.last_seq):
                 # Ended without a terminal event of its own (stopped before any worker took it).
-                yield render(feed.last_seq + 1, [_named("job.failed", {"status": "failed", "error": view.error})])
+                yield render(feed.last_seq + 1, [_named(JOB_FAILED, {"status": "failed", "error": view.error})])
                 return
             yield KEEPALIVE
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgspec
 
-from proxy.jobs.run import PreparedJob
+from proxy.jobs.prepare import PreparedJob
 from schemas.catalog import Catalog, ModelEntry
 from schemas.jobs import CHAT_ENDPOINT, InferenceInput, PipelineStep
 

@@ -1,14 +1,14 @@
-"""What every job-backed OpenAI endpoint shares: validating into a msgspec struct, picking the
-model (404, or 400 when its engine cannot do the endpoint), building the job, and serving it:
-`Prefer: respond-async`, the first-event wait, the header wait with keep-alives, in-band errors,
-`x-job-id`, and the non-streaming assembly."""
+"""Serving a job to one HTTP request, top-down (vLLM's serve context, as an object):
+
+    admit → start (the event feed opens meanwhile) → first batch → stream | collect | audio
+
+`JobRun` owns its feed (closed on every way out) and gives the job up (cancels it) when nobody took
+it in time. `serve_endpoint` is what an OpenAI endpoint is: read, prepare, run."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import msgspec
 from starlette.requests import Request
@@ -16,156 +16,23 @@ from starlette.responses import Response
 from temporalio.api.enums.v1.workflow_pb2 import PENDING_ACTIVITY_STATE_STARTED
 from temporalio.client import WorkflowExecutionStatus
 
-from adapters.registry import engine_capabilities
-from gatekeeping.auth import Principal
+from schemas.jobs import ADOPT_SCHEDULE_TO_START_S, NO_CAPACITY
 from proxy.http.body import decode_json_object, peek_model, read_body
-from proxy.jobs.render import ChunkWriter, CompletionAssembler, terminal_error
-from schemas.errors import InvalidRequest, NotFound, ServiceUnavailable
 from proxy.http.errors import envelope_bytes
-from proxy.jobs.store import JobMemo, accepted_response, cancel_job, goes_direct, body_hash, new_job_id, prefers_async, start_job
-from proxy.jobs.relay import EventFeed, first_batch
-from proxy.jobs.admit import admit_job
-from schemas.errors import Forbidden
-from proxy.endpoints.params import engine_body
-from proxy.runtime import Runtime
 from proxy.http.sse import CHUNK, DONE_DATA, END, KEEPALIVE, SSEResponse, render
-from schemas.catalog import ModelEntry
-from schemas.events import Cancelled, Failed, JobEvent, Restarted, Started, is_terminal
-from schemas.jobs import (
-    CHAT_ENDPOINT,
-    COMPLETIONS_ENDPOINT,
-    EMBEDDINGS_ENDPOINT,
-    SPEECH_ENDPOINT,
-    TRANSCRIPTIONS_ENDPOINT,
-    TRANSLATIONS_ENDPOINT,
-    InferenceInput,
-    WorkflowInput,
-)
-from orchestration.workflows import ADOPT_SCHEDULE_TO_START_S, NO_CAPACITY
+from proxy.jobs.admit import admit_job
+from proxy.jobs.prepare import Prepare, PreparedJob, check_access
+from proxy.jobs.relay import EventFeed, first_batch
+from proxy.jobs.render import ChunkWriter, CompletionAssembler, terminal_error
+from proxy.jobs.store import accepted_response, cancel_job, goes_direct, prefers_async, start_job
+from proxy.runtime import Runtime
+from schemas.errors import ServiceUnavailable
+from schemas.events import Cancelled, Failed, JobEvent, Restarted, Started
 from schemas.openai import ErrorBody
 
 QUEUE_GRACE_S = 5.0  # past the queue deadline, for the job's own no_capacity ending to arrive
-# What an endpoint needs of the model's engine (adapters.base capability names).
-CAPABILITY = {CHAT_ENDPOINT: "chat", COMPLETIONS_ENDPOINT: "completions", EMBEDDINGS_ENDPOINT: "embeddings",
-              TRANSCRIPTIONS_ENDPOINT: "asr", TRANSLATIONS_ENDPOINT: "asr", SPEECH_ENDPOINT: "tts"}
 _encoder = msgspec.json.Encoder()
-T = TypeVar("T")
 
-
-def convert_request(raw: dict[str, Any], kind: type[T]) -> T:
-    """The body as `kind`, or a 400 whose `param` names the bad field."""
-    try:
-        return msgspec.convert(raw, kind)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(_describe(str(exc)), param=_param_of(str(exc)), code="invalid_value") from None
-
-
-def _param_of(message: str) -> str | None:
-    at = message.rsplit(" - at `$.", 1)[1].rstrip("`") if " - at `$." in message else None
-    if "missing required field `" in message:  # msgspec names the missing field and its parent
-        field = message.split("missing required field `", 1)[1].split("`", 1)[0]
-        return f"{at}.{field}" if at else field
-    return at
-
-
-def _describe(message: str) -> str:
-    param = _param_of(message)
-    head = message.split(" - at `", 1)[0]
-    return f"Invalid value for '{param}': {head}" if param else head
-
-
-def check_max_tokens(req: Any, model: ModelEntry, names: tuple[str, ...] = ("max_tokens",)) -> None:
-    for name in names:
-        value = getattr(req, name)
-        if isinstance(value, int) and value > model.limits.max_tokens:
-            raise InvalidRequest(
-                f"'{name}' is too large: {value}. This model supports at most {model.limits.max_tokens}.",
-                param=name, code="invalid_value")
-
-
-def find_model(rt: Runtime, name: str, endpoint: str) -> ModelEntry:
-    """The catalog entry, 404 if absent; 400 `unsupported_capability` (param `model`) when its engine
-    cannot serve `endpoint`: decided from the catalog before any workflow starts."""
-    model = rt.catalog.get(name)
-    if model is None:
-        raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
-                       param="model", code="model_not_found")
-    need = CAPABILITY[endpoint]
-    entry = rt.catalog.get(model.pipeline[0].model) if model.pipeline else model  # a pipeline takes what its first stage takes
-    if entry is None or entry.engine is None or need not in engine_capabilities(entry.engine):
-        raise InvalidRequest(f"The model '{name}' does not support {endpoint} ({need}).",
-                             param="model", code="unsupported_capability")
-    return model
-
-
-def engine_entry(rt: Runtime, model: ModelEntry) -> ModelEntry:
-    """The entry whose engine takes the request: the model's own, or its pipeline's first stage's."""
-    return (rt.catalog.get(model.pipeline[0].model) or model) if model.pipeline else model
-
-
-def check_access(rt: Runtime, principal: Principal, endpoint: str, name: str | None) -> None:
-    """The refusals that need no more of the body than its `model`: the key's endpoint and model
-    scopes (403/404, as admission answers them) and the model's existence and capability."""
-    if not principal.allows_endpoint(endpoint):
-        raise Forbidden(f"This API key may not call {endpoint}.")
-    if name is None:
-        return
-    model = find_model(rt, name, endpoint)
-    if not principal.allows_model(model.id):
-        raise NotFound(f"The model '{model.id}' does not exist or you do not have access to it.",
-                       param="model", code="model_not_found")
-
-
-class PreparedJob(msgspec.Struct):
-    request: Any  # the validated request struct
-    model: ModelEntry
-    inp: WorkflowInput
-    memo: JobMemo
-
-    @property
-    def job_id(self) -> str:
-        return self.inp.inference.job_id
-
-    @property
-    def stream(self) -> bool:
-        return self.memo.stream
-
-
-def new_job(principal: Principal, model: ModelEntry, endpoint: str, request: Any, raw: dict[str, Any],
-            body: dict[str, Any], *, prefix: str, stream: bool = False, include_usage: bool = False,
-            idempotency_key: str | None = None, metadata: dict[str, str] | None = None,
-            webhook_url: str = "", options: dict[str, Any] | None = None) -> PreparedJob:
-    """The job's id, workflow input and memo. `raw` is the client's body (for idempotency), `body`
-    what the engine gets."""
-    if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
-        raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
-    job_id = new_job_id(principal.tenant, idempotency_key, uuid.uuid4().hex, prefix)
-    created = int(time.time())
-    inp = WorkflowInput(
-        inference=InferenceInput(job_id=job_id, model=model.id, endpoint=endpoint, body=body,
-                                 created=created, include_usage=include_usage, options=options or {},
-                                 tenant=principal.tenant, retention_s=principal.retention_s),
-        task_queue=model.task_queue, timeouts=model.timeouts, retry=model.retry, webhook_url=webhook_url)
-    memo = JobMemo(tenant=principal.tenant, endpoint=endpoint, model=model.id, created=created,
-                   body_hash=body_hash(endpoint, raw), stream=stream, include_usage=include_usage,
-                   metadata=metadata or {}, webhook_url=webhook_url)
-    return PreparedJob(request, model, inp, memo)
-
-
-def new_streamed_job(principal: Principal, model: ModelEntry, endpoint: str, request: Any, raw: dict[str, Any],
-                     *, prefix: str, defaults: dict[str, Any] | None = None, **job: Any) -> PreparedJob:
-    """A job whose request may stream: `stream` and `stream_options` are the proxy's business (the
-    adapter always streams from the engine); `defaults` fill the engine body's missing fields."""
-    include_usage = bool(request.stream and request.stream_options and request.stream_options.include_usage)
-    body = engine_body(raw, endpoint, model)
-    for name, value in (defaults or {}).items():
-        if body.get(name) is None:
-            body[name] = value
-    return new_job(principal, model, endpoint, request, raw, body, prefix=prefix, stream=request.stream,
-                   include_usage=include_usage, **job)
-
-
-Prepare = Callable[..., PreparedJob]
 Respond = Callable[[Runtime, Any, dict[str, str]], Awaitable[Response]]
 
 
@@ -174,117 +41,206 @@ async def json_response(rt: Runtime, result: Any, headers: dict[str, str]) -> Re
 
 
 async def serve_endpoint(request: Request, endpoint: str, prepare: Prepare, writer: type[ChunkWriter],
-                         assembler: type[CompletionAssembler], respond: Respond = json_response) -> Response:
-    """An OpenAI endpoint: read the body, prepare the job, serve it. What can be refused from the
-    key and the body's `model` alone is refused before the body is decoded."""
+                         assembler: type[CompletionAssembler],
+                         respond: Respond = json_response) -> Response | SSEResponse:
+    """An OpenAI endpoint: read the body, prepare the job, run it. What can be refused from the key
+    and the body's `model` alone is refused before the body is decoded."""
     rt: Runtime = request.app.state.runtime
     principal = request.state.principal
     check_access(rt, principal, endpoint, None)
     data = await read_body(request, rt.settings.max_body_bytes)
     check_access(rt, principal, endpoint, peek_model(data))
-    raw = decode_json_object(data)
-    job = prepare(rt, principal, raw, request.headers.get("idempotency-key"))
+    job = prepare(rt, principal, decode_json_object(data), request.headers.get("idempotency-key"))
     chunks = writer(job.job_id, job.model.id, job.memo.created, job.memo.include_usage)
-    return await serve_job(request, rt, job, chunks, assembler(chunks), respond)
+    return await JobRun(rt, request, job).respond(chunks, assembler(chunks), respond)
 
 
-async def serve_job(request: Request, rt: Runtime, job: PreparedJob, chunks: ChunkWriter,
-                    assembler: CompletionAssembler, respond: Respond = json_response,
-                    admitted: bool = False) -> Response:
-    """Starts the job (admitting it, unless `admitted` already) and answers: 202 for `Prefer:
-    respond-async`, an SSE stream, or the assembled result passed to `respond`."""
-    request.state.model = job.model.id
-    request.state.job_id = job.job_id
-    if not admitted:
-        job = await admit_job(request, rt, request.state.principal, job)
-    if prefers_async(request):
-        await start_job(rt, job.inp, job.model, job.memo, direct=goes_direct(request.headers, job.memo.endpoint))
-        return await accepted_response(rt, job.job_id, job.memo.tenant, prefer_applied=True)
+class JobRun:
+    """One job for one request. The collaborators that reach Temporal and NATS are parameters so
+    its branches are tested against fakes (tests/test_job_run.py)."""
 
-    feed = await open_and_start(rt, job, goes_direct(request.headers, job.memo.endpoint))
-    chunks.created = job.memo.created  # an idempotent repeat's: the existing job's
-    job_id, model = job.job_id, job.model
-    headers = {"x-job-id": job_id}
-    first = asyncio.ensure_future(first_events(rt, feed, job_id, model))
-    if job.stream:
-        # Hold the status line briefly so early failures get their real HTTP status; then commit
-        # 200 and keep the client company with keep-alives while the job waits for capacity.
-        done, _ = await asyncio.wait({first}, timeout=rt.settings.header_wait_s)
-        if not done:
-            return SSEResponse(late_stream(rt, feed, first, chunks, rt.settings.keepalive_s),
-                               headers, on_close=feed.close)
-    batch = await opening_batch(rt, feed, first, job_id, headers)
-    if job.stream:
-        return SSEResponse(stream_events(feed, batch, chunks, rt.settings.keepalive_s), headers,
-                           on_close=feed.close)
-    try:
-        result = await collect(feed, batch, assembler)
-        return await respond(rt, result, headers)
-    except Exception as exc:
-        if hasattr(exc, "headers"):
-            exc.headers.update(headers)
-        raise
-    finally:
-        await feed.close()
+    def __init__(self, rt: Runtime, request: Request, job: PreparedJob, *,
+                 start: Callable[..., Awaitable[bool]] = start_job,
+                 open_feed: Callable[..., Awaitable[EventFeed]] = EventFeed.open,
+                 cancel: Callable[[Runtime, str], Awaitable[Any]] = cancel_job,
+                 moving: Callable[[Runtime, str], Awaitable[bool]] | None = None) -> None:
+        self.rt, self.request, self.job = rt, request, job
+        self.headers = {"x-job-id": job.job_id}
+        self.feed: EventFeed | None = None
+        self._start, self._open_feed, self._cancel = start, open_feed, cancel
+        self._moving = moving or job_is_moving
+        # How long past the queue deadline the first event may take: the direct run's adoption, then
+        # the job's own no_capacity ending.
+        self.queue_grace_s = ADOPT_SCHEDULE_TO_START_S + QUEUE_GRACE_S
+        self._first: asyncio.Future[list[JobEvent]] | None = None
+        request.state.model, request.state.job_id = job.model.id, job.job_id
 
-
-async def opening_batch(rt: Runtime, feed: EventFeed, first: asyncio.Future, job_id: str,
-                        headers: dict[str, str]) -> list[JobEvent]:
-    """The job's first events (`first`: first_events running); a 503 when no worker took the job,
-    the job's own error when it failed before producing anything. The feed is closed on error."""
-    try:
-        batch = await first
-    except asyncio.TimeoutError:
-        await feed.close()
-        await give_up(rt, job_id)
-        raise ServiceUnavailable(NO_CAPACITY, code="no_capacity", headers={**headers, "retry-after": "1"}) from None
-    except BaseException:
-        first.cancel()
-        await feed.close()
-        raise
-    head = next(e for e in batch if not isinstance(e, Started))
-    if isinstance(head, (Failed, Cancelled)):
-        await feed.close()
-        raise terminal_error(head, headers)
-    return batch
-
-
-async def open_and_start(rt: Runtime, job: PreparedJob, direct: bool = False) -> EventFeed:
-    opening = asyncio.ensure_future(EventFeed.open(rt.js, job.job_id, model=job.model.id, fresh=True))
-    try:
-        started = await start_job(rt, job.inp, job.model, job.memo, direct=direct)
-    except BaseException:
-        opening.cancel()
-        await asyncio.gather(opening, return_exceptions=True)
-        if opening.done() and not opening.cancelled() and opening.exception() is None:
-            await opening.result().close()
-        raise
-    try:
-        feed = await opening
-    except Exception:
-        raise ServiceUnavailable("The event stream is unavailable; please retry.",
-                                 code="events_unavailable") from None
-    try:
-        if not started:  # an idempotent repeat: the job's events so far are stored
-            await feed.backfill()
-        return feed
-    except Exception:
-        await feed.close()
-        raise ServiceUnavailable("The event stream is unavailable; please retry.",
-                                 code="events_unavailable") from None
-
-
-async def first_events(rt: Runtime, feed: EventFeed, job_id: str, model: ModelEntry) -> list[JobEvent]:
-    """Waits for the job's first event. A job nobody picks up ends itself at its queue deadline
-    (`no_capacity`); past that deadline this keeps waiting only while a worker holds the job (a long
-    prompt's prefill, a retry's backoff)."""
-    t = model.timeouts
-    try:
-        return await first_batch(feed, t.schedule_to_start_s + ADOPT_SCHEDULE_TO_START_S + QUEUE_GRACE_S)
-    except asyncio.TimeoutError:
-        if not await job_is_moving(rt, job_id):
+    # ---- the whole request ------------------------------------------------------------------------
+    async def respond(self, chunks: ChunkWriter, assembler: CompletionAssembler,
+                      respond: Respond = json_response, *, admitted: bool = False) -> Response | SSEResponse:
+        """202 for `Prefer: respond-async`; else an SSE stream or the assembled result."""
+        if not admitted:
+            await self.admit()
+        if prefers_async(self.request):
+            return await self.start_in_background()
+        await self.start()
+        chunks.created = self.job.memo.created  # an idempotent repeat's: the existing job's
+        if self.job.stream and not await self.first_within(self.rt.settings.header_wait_s):
+            # Held the status line briefly so early failures got their real HTTP status; now commit
+            # 200 and keep the client company with keep-alives while the job waits for capacity.
+            return SSEResponse(self.late_frames(chunks), self.headers, on_close=self.close)
+        batch = await self.opening_batch()
+        if self.job.stream:
+            return SSEResponse(self.frames(batch, chunks), self.headers, on_close=self.close)
+        try:
+            return await respond(self.rt, await self.collect(batch, assembler), self.headers)
+        except Exception as exc:
+            if hasattr(exc, "headers"):
+                exc.headers.update(self.headers)
             raise
-    return await first_batch(feed, t.start_to_close_s * model.retry.maximum_attempts)
+        finally:
+            await self.close()
+
+    # ---- the steps --------------------------------------------------------------------------------
+    async def admit(self) -> None:
+        self.job = await admit_job(self.request, self.rt, self.request.state.principal, self.job)
+
+    async def start_in_background(self, prefer_applied: bool = True) -> Response:
+        """202 with the job object; the client follows it by id."""
+        job = self.job
+        await self._start(self.rt, job.inp, job.model, job.memo, direct=self._direct())
+        return await accepted_response(self.rt, job.job_id, job.memo.tenant, prefer_applied=prefer_applied)
+
+    async def start(self) -> None:
+        """Starts the job while its feed opens (subscribed before anything can be published), then
+        waits for the first events in the background."""
+        job = self.job
+        opening = asyncio.ensure_future(self._open_feed(self.rt.js, job.job_id, model=job.model.id, fresh=True))
+        try:
+            started = await self._start(self.rt, job.inp, job.model, job.memo, direct=self._direct())
+        except BaseException:
+            opening.cancel()
+            await asyncio.gather(opening, return_exceptions=True)
+            if opening.done() and not opening.cancelled() and opening.exception() is None:
+                await opening.result().close()
+            raise
+        try:
+            self.feed = await opening
+        except Exception:
+            raise _events_unavailable() from None
+        try:
+            if not started:  # an idempotent repeat: the job's events so far are stored
+                await self.feed.backfill()
+        except Exception:
+            await self.close()
+            raise _events_unavailable() from None
+        self._first = asyncio.ensure_future(self._first_events())
+
+    async def first_within(self, seconds: float) -> bool:
+        assert self._first is not None, "start() first"
+        done, _ = await asyncio.wait({self._first}, timeout=seconds)
+        return bool(done)
+
+    async def opening_batch(self) -> list[JobEvent]:
+        """The first events; a 503 `no_capacity` when nobody took the job (which is given up), the
+        job's own error when it failed before producing anything. The feed is closed on error."""
+        assert self._first is not None
+        try:
+            batch = await self._first
+        except asyncio.TimeoutError:
+            await self.close()
+            await self.give_up()
+            raise ServiceUnavailable(NO_CAPACITY, code="no_capacity",
+                                     headers={**self.headers, "retry-after": "1"}) from None
+        except BaseException:
+            self._first.cancel()
+            await self.close()
+            raise
+        head = next(e for e in batch if not isinstance(e, Started))
+        if isinstance(head, (Failed, Cancelled)):
+            await self.close()
+            raise terminal_error(head, self.headers)
+        return batch
+
+    async def frames(self, batch: list[JobEvent], chunks: ChunkWriter) -> AsyncIterator[bytes]:
+        feed, keepalive_s = self._feed(), self.rt.settings.keepalive_s
+        while True:
+            out = b"".join(chunks.frames(e) for e in batch)
+            if out:
+                yield out
+            if feed.ended or any(isinstance(e, Restarted) for e in batch):
+                return
+            try:
+                batch = await feed.next_batch(timeout=keepalive_s)
+            except TimeoutError:
+                batch = []
+                yield KEEPALIVE
+
+    async def late_frames(self, chunks: ChunkWriter) -> AsyncIterator[bytes]:
+        """The stream of a job still waiting at the header deadline: keep-alives until its first
+        events, then `frames`; in-band `no_capacity` when nobody takes it."""
+        first = self._first
+        assert first is not None
+        try:
+            while not first.done():
+                yield KEEPALIVE
+                await asyncio.wait({first}, timeout=self.rt.settings.keepalive_s)
+            batch = first.result()
+        except asyncio.TimeoutError:
+            await self.give_up()
+            error = envelope_bytes(ErrorBody(message=NO_CAPACITY, type="server_error", code="no_capacity"))
+            yield render(self._feed().last_seq + 1, [(CHUNK, None, error), (END, None, DONE_DATA)])
+            return
+        finally:
+            if not first.done():
+                first.cancel()
+        async for out in self.frames(batch, chunks):
+            yield out
+
+    async def collect(self, batch: list[JobEvent], assembler: CompletionAssembler) -> Any:
+        feed = self._feed()
+        while True:
+            for event in batch:
+                completion = assembler.add(event)
+                if completion is not None:
+                    return completion
+            if feed.ended:
+                raise ServiceUnavailable("The job ended without a result; please retry.", code="job_incomplete")
+            try:
+                batch = await feed.next_batch(timeout=60.0)
+            except TimeoutError:
+                batch = []
+
+    async def close(self) -> None:
+        if self.feed is not None:
+            await self.feed.close()
+
+    async def give_up(self) -> None:
+        """Cancels a job that did not end itself in time: its workflow still settles and notifies."""
+        try:
+            await self._cancel(self.rt, self.job.job_id)
+        except Exception:
+            pass
+
+    # ---- helpers ----------------------------------------------------------------------------------
+    def _direct(self) -> bool:
+        return goes_direct(self.request.headers, self.job.memo.endpoint)
+
+    def _feed(self) -> EventFeed:
+        assert self.feed is not None, "start() first"
+        return self.feed
+
+    async def _first_events(self) -> list[JobEvent]:
+        """A job nobody picks up ends itself at its queue deadline (`no_capacity`); past that deadline
+        this keeps waiting only while a worker holds the job (a long prefill, a retry's backoff)."""
+        model, feed = self.job.model, self._feed()
+        t = model.timeouts
+        try:
+            return await first_batch(feed, t.schedule_to_start_s + self.queue_grace_s)
+        except asyncio.TimeoutError:
+            if not await self._moving(self.rt, self.job.job_id):
+                raise
+        return await first_batch(feed, t.start_to_close_s * model.retry.maximum_attempts)
 
 
 async def job_is_moving(rt: Runtime, job_id: str) -> bool:
@@ -298,57 +254,5 @@ async def job_is_moving(rt: Runtime, job_id: str) -> bool:
                for pa in desc.raw_description.pending_activities)
 
 
-async def give_up(rt: Runtime, job_id: str) -> None:
-    """Cancels a job that did not end itself in time: its workflow still settles and notifies."""
-    try:
-        await cancel_job(rt, job_id)
-    except Exception:
-        pass
-
-
-async def late_stream(rt: Runtime, feed: EventFeed, first: asyncio.Future, chunks: ChunkWriter,
-                      keepalive_s: float) -> AsyncIterator[bytes]:
-    try:
-        while not first.done():
-            yield KEEPALIVE
-            await asyncio.wait({first}, timeout=keepalive_s)
-        batch = first.result()
-    except asyncio.TimeoutError:
-        await give_up(rt, chunks.job_id)
-        error = envelope_bytes(ErrorBody(message=NO_CAPACITY, type="server_error", code="no_capacity"))
-        yield render(feed.last_seq + 1, [(CHUNK, None, error), (END, None, DONE_DATA)])
-        return
-    finally:
-        if not first.done():
-            first.cancel()
-    async for out in stream_events(feed, batch, chunks, keepalive_s):
-        yield out
-
-
-async def stream_events(feed: EventFeed, batch: list[JobEvent], chunks: ChunkWriter,
-                        keepalive_s: float) -> AsyncIterator[bytes]:
-    while True:
-        out = b"".join(chunks.frames(e) for e in batch)
-        if out:
-            yield out
-        if feed.ended or any(isinstance(e, Restarted) for e in batch):
-            return
-        try:
-            batch = await feed.next_batch(timeout=keepalive_s)
-        except TimeoutError:
-            batch = []
-            yield KEEPALIVE
-
-
-async def collect(feed: EventFeed, batch: list[JobEvent], assembler: CompletionAssembler):
-    while True:
-        for event in batch:
-            completion = assembler.add(event)
-            if completion is not None:
-                return completion
-        if feed.ended:
-            raise ServiceUnavailable("The job ended without a result; please retry.", code="job_incomplete")
-        try:
-            batch = await feed.next_batch(timeout=60.0)
-        except TimeoutError:
-            batch = []
+def _events_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable("The event stream is unavailable; please retry.", code="events_unavailable")

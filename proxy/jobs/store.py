@@ -10,7 +10,7 @@ import hashlib
 import re
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 import structlog
@@ -33,14 +33,14 @@ from orchestration.offers import dispatch_subject, withdraw_subject
 from orchestration.telemetry import trace_headers
 from orchestration.objectstore import request_key
 from orchestration.streams import last_event
-from orchestration.workflows import INFERENCE_WORKFLOW
 from schemas.errors import APIError, NotFound, ServiceUnavailable
 from proxy.runtime import Runtime
 from proxy.http.sse import frame_id
 from schemas.catalog import ModelEntry
 from schemas.events import Cancelled, Delta, Failed, Finished
-from schemas.jobs import CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, Dispatch, DispatchReply, WorkflowInput
-from schemas.openai import ErrorBody, Usage
+from schemas.jobs import CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, INFERENCE_WORKFLOW, Dispatch, DispatchReply, WorkflowInput
+from schemas.resources import JobView
+from schemas.openai import ErrorBody
 
 TENANT = SearchAttributeKey.for_keyword("SwitchyardTenant")
 ENDPOINT = SearchAttributeKey.for_keyword("SwitchyardEndpoint")  # so a key's listing filters on its scopes
@@ -163,7 +163,7 @@ async def _start_workflow(rt: Runtime, inp: WorkflowInput, model: ModelEntry, me
 async def release_admission(rt: Runtime, inp: WorkflowInput) -> None:
     """Gives an admitted job's reservation back when it will not run."""
     if inp.admission is not None and rt.limiter is not None:
-        from gatekeeping.limits import Admission
+        from gatekeeping.buckets import Admission
 
         await rt.limiter.settle(msgspec.convert(inp.admission, Admission), 0)
 
@@ -179,6 +179,7 @@ async def claim_check(rt: Runtime, inp: WorkflowInput) -> WorkflowInput:
         return inp
     try:
         key = request_key(inference.job_id, hashlib.sha256(data).hexdigest()[:16])
+        assert rt.objects is not None, "the runtime opens its object store at start"
         ref = await rt.objects.put(key, data)
     except Exception as exc:
         log.error("object_store_put_failed", error_type=type(exc).__name__)
@@ -193,33 +194,6 @@ async def _memo_of(rt: Runtime, job_id: str) -> JobMemo | None:
         return msgspec.convert(await desc.memo(), JobMemo)
     except Exception:
         return None
-
-
-class JobView(msgspec.Struct, kw_only=True):
-    id: str
-    object: str = "job"
-    endpoint: str
-    model: str
-    status: str  # queued | running | succeeded | failed | cancelled
-    stage: str  # queued | inference (a pipeline: the running stage's name) | done
-    created_at: int
-    started_at: Union[int, None] = None
-    finished_at: Union[int, None] = None
-    attempts: int = 0
-    tokens: int = 0
-    usage: Union[Usage, None] = None
-    finish_reason: Union[str, None] = None
-    error: Union[ErrorBody, None] = None
-    last_event_id: int = 0
-    pii: dict[str, int] = {}
-    metadata: dict[str, str] = {}
-    stages: list[str] = []
-    result_url: str
-    events_url: str
-
-    @property
-    def finished(self) -> bool:
-        return self.status in ("succeeded", "failed", "cancelled")
 
 
 class Job(msgspec.Struct):

@@ -22,7 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gatekeeping.auth import Principal
 from proxy.http.body import decode_json_object
-from proxy.jobs.render import ChunkWriter, terminal_error, writer_for
+from proxy.jobs.render import ChunkWriter, writer_for
 from schemas.errors import APIError, InvalidRequest, NotFound
 from proxy.jobs.store import cancel_job, load_job, start_job
 from proxy.jobs.relay import EventFeed, parse_event_id
@@ -30,9 +30,9 @@ from proxy.http.sse import frame_id, resume_seq
 from proxy.jobs.admit import admit_job
 from proxy.runtime import Runtime
 from proxy.endpoints.chat import CHAT
-from proxy.jobs.api import ENDPOINTS, PREPARE
+from proxy.jobs.api import ENDPOINTS, PREPARE, lifecycle
 from proxy.http.telemetry import WEBSOCKETS_CLOSED
-from schemas.events import Cancelled, Delta, Failed, Finished, JobEvent, Restarted, Started
+from schemas.events import Delta, JobEvent
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -204,18 +204,8 @@ class Session:
         base = {"type": "event", "id": client_id, "seq": frame_id(event.seq)}
         if isinstance(event, Delta):
             return {**base, "event": "chunk", "data": msgspec.json.decode(chunks.delta_chunk(event))}
-        if isinstance(event, Finished):
-            return {**base, "event": "job.succeeded",
-                    "data": {"finish_reason": event.finish_reason, "usage": event.usage}}
-        if isinstance(event, Started):
-            return {**base, "event": "job.running",
-                    "data": {"attempt": event.attempt, "resumed_from": frame_id(event.resumed_from)}}
-        if isinstance(event, Restarted):
-            return {**base, "event": "job.restarted", "data": {"reason": event.reason}}
-        if isinstance(event, Cancelled):
-            return {**base, "event": "job.cancelled", "data": {"reason": event.reason}}
-        assert isinstance(event, Failed)
-        return {**base, "event": "job.failed", "data": {"error": terminal_error(event).body()}}
+        name, data = lifecycle(event)
+        return {**base, "event": name, "data": data}
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:
