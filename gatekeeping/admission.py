@@ -111,14 +111,19 @@ class Admitted(msgspec.Struct, frozen=True):
     admission: Admission
 
 
+def require_scopes(principal: Principal, endpoint: str, model_id: str | None = None) -> None:
+    """403 for an endpoint outside the key's globs; 404 (as if absent) for a model outside them."""
+    if not principal.allows_endpoint(endpoint):
+        raise Forbidden(f"This API key may not call {endpoint}.")
+    if model_id is not None and not principal.allows_model(model_id):
+        raise NotFound(f"The model '{model_id}' does not exist or you do not have access to it.",
+                       param="model", code="model_not_found")
+
+
 async def admit(limiter: Limiter, principal: Principal, endpoint: str, model: ModelEntry,
                 body: dict[str, Any], priority_header: str | None = None) -> Admitted:
     """The body masked and its reservation taken; raises 403/404/400/429 as due."""
-    if not principal.allows_endpoint(endpoint):
-        raise Forbidden(f"This API key may not call {endpoint}.")
-    if not principal.allows_model(model.id):
-        raise NotFound(f"The model '{model.id}' does not exist or you do not have access to it.",
-                       param="model", code="model_not_found")
+    require_scopes(principal, endpoint, model.id)
     try:
         masked, counts = await _mask(body, principal.pii)
     except PIIRejected as exc:

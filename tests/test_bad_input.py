@@ -29,7 +29,7 @@ from proxy.config import ProxySettings
 from proxy.http.protocol import EnvelopeHttpToolsProtocol
 from schemas.jobs import CHAT_ENDPOINT
 from switchyard.processes import free_port
-from tests.inprocess import until_started
+from tests.inprocess import fake_vllm_catalog, serving
 from tests.conftest import MODEL, Stack, scenario
 from tests.eventually import eventually_async
 from tests.nats_fixture import nats_server
@@ -205,30 +205,13 @@ async def inprocess_proxy(stack: Stack, nats_url: str):
     """The proxy app under uvicorn with EnvelopeHttpToolsProtocol, on the session's Temporal and
     the given NATS; yields (app, base url)."""
     port = free_port()
-    catalog = stack.base / "bad-input-catalog.yaml"  # the session's names ${VARS} only its processes have
-    catalog.write_text(f"""version: 1
-models:
-  - id: fake-vllm
-    engine: {{kind: openai, url: "{stack.env['FAKE_ENGINE_URL']}", served_name: fake-model}}
-    task_queue: gpu.test
-""")
+    catalog = fake_vllm_catalog(stack, "bad-input-catalog.yaml")
     settings = ProxySettings.from_env({**stack.env, "SWITCHYARD_NATS_URL": nats_url, "SWITCHYARD_PORT": str(port),
                                        "SWITCHYARD_CATALOG": str(catalog)})
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=EnvelopeHttpToolsProtocol,
-                                           log_level="warning", lifespan="on"))
-    serving = asyncio.ensure_future(server.serve())
-    try:
-        await until_started(server, serving)
+    async with serving(app, uvicorn.Config(app, host="127.0.0.1", port=port, http=EnvelopeHttpToolsProtocol,
+                                           log_level="warning", lifespan="on")):
         yield app, f"http://127.0.0.1:{port}"
-    finally:
-        runtime = getattr(app.state, "runtime", None)
-        if runtime is not None:
-            # Runtime.close drains NATS, which waits its drain_timeout (5 s) on the settler's pull
-            # subscription; this private proxy need not wait that long.
-            runtime.nc.options["drain_timeout"] = 2
-        server.should_exit = True
-        await asyncio.wait_for(asyncio.gather(serving, return_exceptions=True), 30)
 
 
 @pytest.fixture(scope="module")

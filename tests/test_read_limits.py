@@ -15,7 +15,7 @@ from proxy.http.app import create_app
 from proxy.config import ProxySettings
 from switchyard.processes import free_port
 from tests.conftest import Stack, scenario
-from tests.inprocess import until_started
+from tests.inprocess import fake_vllm_catalog, serving
 from tests.jobclient import wait_finished
 
 import uvicorn
@@ -27,26 +27,12 @@ CHAT = "/v1/chat/completions"
 async def proxy_with(stack: Stack, **env: str):
     """A proxy on the session's Temporal and NATS, with `env` on top of the session's settings."""
     port = free_port()
-    catalog = stack.base / "read-limits-catalog.yaml"
-    catalog.write_text(f"""version: 1
-models:
-  - id: fake-vllm
-    engine: {{kind: openai, url: "{stack.env['FAKE_ENGINE_URL']}", served_name: fake-model}}
-    task_queue: gpu.test
-""")
+    catalog = fake_vllm_catalog(stack, "read-limits-catalog.yaml")
     settings = ProxySettings.from_env({**stack.env, "SWITCHYARD_PORT": str(port), "SWITCHYARD_CATALOG": str(catalog),
                                        "SWITCHYARD_ORPHAN_SWEEP_S": "0", **env})
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    serving = asyncio.ensure_future(server.serve())
-    try:
-        await until_started(server, serving)
+    async with serving(app, uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")):
         yield app, f"http://127.0.0.1:{port}"
-    finally:
-        if getattr(app.state, "runtime", None) is not None:
-            app.state.runtime.nc.options["drain_timeout"] = 2
-        server.should_exit = True
-        await asyncio.wait_for(asyncio.gather(serving, return_exceptions=True), 30)
 
 
 def new_key(stack: Stack) -> str:

@@ -26,7 +26,7 @@ from schemas.events import Cancelled, Failed, Finished, Restarted, Started
 from schemas.jobs import CHAT_ENDPOINT
 from schemas.openai import ErrorBody, Usage
 from tests.conftest import MODEL, Stack, scenario
-from tests.inprocess import until_started
+from tests.inprocess import fake_vllm_catalog, serving
 
 
 def ws_url(stack: Stack) -> str:
@@ -227,13 +227,7 @@ async def test_a_huge_message_gets_a_clean_close(stack: Stack, http):
 
 @contextlib.asynccontextmanager
 async def small_buffer_proxy(stack: Stack, stall_s: float):
-    catalog = stack.base / "ws-catalog.yaml"
-    catalog.write_text(f"""version: 1
-models:
-  - id: fake-vllm
-    engine: {{kind: openai, url: "{stack.env['FAKE_ENGINE_URL']}", served_name: fake-model}}
-    task_queue: gpu.test
-""")
+    catalog = fake_vllm_catalog(stack, "ws-catalog.yaml")
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)  # inherited by accepted sockets
     listener.bind(("127.0.0.1", 0))
@@ -241,17 +235,11 @@ models:
     settings = ProxySettings.from_env({**stack.env, "SWITCHYARD_PORT": str(port), "SWITCHYARD_CATALOG": str(catalog),
                                        "SWITCHYARD_WS_STALL_S": str(stall_s)})
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
-    serving = asyncio.ensure_future(server.serve(sockets=[listener]))
     try:
-        await until_started(server, serving)
-        yield f"ws://127.0.0.1:{port}/v1/ws", port
+        async with serving(app, uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5),
+                           sockets=[listener]):
+            yield f"ws://127.0.0.1:{port}/v1/ws", port
     finally:
-        runtime = getattr(app.state, "runtime", None)
-        if runtime is not None:
-            runtime.nc.options["drain_timeout"] = 2
-        server.should_exit = True
-        await asyncio.wait_for(asyncio.gather(serving, return_exceptions=True), 30)
         listener.close()
 
 

@@ -11,12 +11,13 @@ from typing import Any, Callable, TypeVar
 import msgspec
 
 from adapters.registry import engine_capabilities
+from gatekeeping.admission import require_scopes
 from gatekeeping.auth import Principal
 from proxy.endpoints.params import engine_body
 from proxy.jobs.store import JobMemo, body_hash, new_job_id
 from proxy.runtime import Runtime
 from schemas.catalog import ModelEntry
-from schemas.errors import Forbidden, InvalidRequest, NotFound
+from schemas.errors import InvalidRequest, NotFound
 from schemas.jobs import (
     CHAT_ENDPOINT,
     COMPLETIONS_ENDPOINT,
@@ -88,14 +89,9 @@ def engine_entry(rt: Runtime, model: ModelEntry) -> ModelEntry:
 def check_access(rt: Runtime, principal: Principal, endpoint: str, name: str | None) -> None:
     """The refusals that need no more of the body than its `model`: the key's endpoint and model
     scopes (403/404, as admission answers them) and the model's existence and capability."""
-    if not principal.allows_endpoint(endpoint):
-        raise Forbidden(f"This API key may not call {endpoint}.")
-    if name is None:
-        return
-    model = find_model(rt, name, endpoint)
-    if not principal.allows_model(model.id):
-        raise NotFound(f"The model '{model.id}' does not exist or you do not have access to it.",
-                       param="model", code="model_not_found")
+    require_scopes(principal, endpoint)
+    if name is not None:
+        require_scopes(principal, endpoint, find_model(rt, name, endpoint).id)
 
 
 class PreparedJob(msgspec.Struct):
