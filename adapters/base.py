@@ -39,6 +39,7 @@ EMBEDDINGS = "embeddings"
 ASR = "asr"  # speech to text: transcriptions, and translations where the model translates
 TTS = "tts"  # text to speech
 PREFIX_CONTINUATION = "prefix_continuation"  # honours continue_final_message / add_generation_prompt
+RESPONSES = "responses"  # serves OpenAI's /v1/responses itself (vLLM): only where the catalog says so
 # Chat content parts beyond text; only where the catalog names them (proxy/endpoints/params.py).
 CONTENT_PARTS = frozenset({"vision", "audio_input", "video_input", "file_input"})
 
@@ -100,7 +101,7 @@ def declared_capabilities(supported: frozenset[str], configured: Sequence[str], 
     """The adapter's capabilities narrowed to what the catalog says this deployment serves; content
     parts (media an engine would fetch) only where the catalog names them."""
     if not configured:
-        return supported - CONTENT_PARTS
+        return supported - CONTENT_PARTS - {RESPONSES}
     extra = set(configured) - supported
     if extra:
         raise ValueError(f"engine kind {kind!r} cannot do {sorted(extra)}")

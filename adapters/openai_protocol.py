@@ -25,6 +25,7 @@ from adapters.base import (
     AudioInput,
     EMBEDDINGS,
     PREFIX_CONTINUATION,
+    RESPONSES,
     EmbeddingResult,
     EngineError,
     StreamPiece,
@@ -39,6 +40,7 @@ from adapters.base import (
     stream_cut,
     transport_errors,
 )
+from adapters.responses import ResponsesStreamReader
 from schemas.audio import Segment, Transcript, Word
 from schemas.catalog import EngineSpec
 from schemas.openai import Usage
@@ -148,7 +150,7 @@ def classify_status(status: int, text: str) -> EngineError:
 
 
 class OpenAIProtocolAdapter:
-    supported = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, ASR, TTS, PREFIX_CONTINUATION, *CONTENT_PARTS})
+    supported = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, ASR, TTS, PREFIX_CONTINUATION, RESPONSES, *CONTENT_PARTS})
 
     def __init__(self, spec: EngineSpec, client: httpx.AsyncClient | None = None):
         self._spec = spec
@@ -181,6 +183,23 @@ class OpenAIProtocolAdapter:
         require(self, COMPLETIONS, self._spec.kind)
         async for piece in self._stream("/completions", body, _text_chunk_decoder, _text_pieces):
             yield piece
+
+    async def stream_responses(self, body: dict[str, Any]) -> AsyncIterator[StreamPiece]:
+        """A Responses request passed through to the engine's /v1/responses; its typed events back
+        as pieces (adapters/responses.py)."""
+        require(self, RESPONSES, self._spec.kind)
+        payload = {**body, "stream": True}
+        if self._spec.served_name:
+            payload["model"] = self._spec.served_name
+        reader = ResponsesStreamReader()
+        async with open_stream(self._client, self._base + "/responses", _body_encoder.encode(payload),
+                               self._headers) as response:
+            async for data in sse_data(response):
+                for piece in reader.pieces(data):
+                    yield piece
+                if reader.done:
+                    return
+        raise stream_cut()
 
     async def embed(self, body: dict[str, Any]) -> EmbeddingResult:
         require(self, EMBEDDINGS, self._spec.kind)

@@ -120,10 +120,18 @@ def require_scopes(principal: Principal, endpoint: str, model_id: str | None = N
                        param="model", code="model_not_found")
 
 
+def require_owner(principal: Principal, model: ModelEntry, name: str | None = None) -> None:
+    """A tenant-only model (a fine-tuned one) is 404 for every other tenant, as if absent."""
+    if model.tenant and model.tenant != principal.tenant:
+        raise NotFound(f"The model '{name or model.id}' does not exist or you do not have access to it.",
+                       param="model", code="model_not_found")
+
+
 async def admit(limiter: Limiter, principal: Principal, endpoint: str, model: ModelEntry,
                 body: dict[str, Any], priority_header: str | None = None) -> Admitted:
     """The body masked and its reservation taken; raises 403/404/400/429 as due."""
     require_scopes(principal, endpoint, model.id)
+    require_owner(principal, model)
     try:
         masked, counts = await _mask(body, principal.pii)
     except PIIRejected as exc:

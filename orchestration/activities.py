@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Coroutine, Mapping
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Union
 
 import msgspec
 from nats.errors import Error as NatsError
@@ -11,7 +13,7 @@ from nats.js import JetStreamContext
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from adapters.base import AudioInput, EngineError, InferenceAdapter, StreamPiece, rejected
+from adapters.base import AudioInput, EngineError, InferenceAdapter, StreamPiece, UnsupportedCapability, rejected
 from orchestration.cancels import CancelRegistry
 from orchestration.continuation import (
     Delivered,
@@ -24,15 +26,14 @@ from orchestration.embeddings import embeddings_body
 from orchestration.objectstore import ObjectNotFound, ObjectStore, object_store_from_env, result_key
 from orchestration.transcripts import SUFFIX, render
 from orchestration.publisher import EventPublisher
+from orchestration.version_stats import OutcomeRecorder
 from orchestration.offers import withdraw_subject
 from orchestration.natsconfig import DEFAULT_JOBS_MAX_AGE_S
 from orchestration.streams import client_of, events_ttl, last_event, last_ttl, read_events
 from schemas.events import Delta, Finished, Started, is_terminal
+from schemas.endpoints import spec_of
 from schemas.jobs import (
     COMPLETIONS_ENDPOINT,
-    EMBEDDINGS_ENDPOINT,
-    SPEECH_ENDPOINT,
-    TRANSCRIPTIONS_ENDPOINT,
     TRANSLATIONS_ENDPOINT,
     InferenceInput,
     InferenceSummary,
@@ -55,16 +56,34 @@ def engine_failure(exc: EngineError) -> ApplicationError:
     return ApplicationError(exc.message, detail, type=ENGINE_ERROR, non_retryable=not exc.retryable)
 
 
+TEXT_WORK = ("chat", "completion", "responses")  # work whose output is text events
+Outcome = tuple[Union[str, None], Usage, str]  # finish_reason, usage, the stored result's ref ("": none)
+
+
+@dataclass
+class Output:
+    """Where an attempt's output goes: the job's events (and, for a pipeline stage, `text`)."""
+
+    publisher: EventPublisher
+    stripper: PrefixEchoStripper | None = None  # drops an engine's echo of the delivered prefix
+    text: list[str] | None = None
+
+
 class InferenceActivities:
     def __init__(self, js: JetStreamContext, adapters: Mapping[str, InferenceAdapter],
                  cancels: CancelRegistry | None = None, coalesce_s: float = 0.005,
-                 objects: ObjectStore | None = None, events_max_age_s: float = DEFAULT_JOBS_MAX_AGE_S):
+                 objects: ObjectStore | None = None, events_max_age_s: float = DEFAULT_JOBS_MAX_AGE_S,
+                 outcomes: OutcomeRecorder | None = None):
         self._js = js
+        self._outcomes = outcomes  # per-version outcomes for the rollout monitor (orchestration.version_stats)
         self._max_age_s = events_max_age_s  # the stream's: a tenant's retention only shortens it
         self._adapters = adapters
         self._cancels = cancels or CancelRegistry()
         self._coalesce_s = coalesce_s
         self._objects = objects or object_store_from_env()
+        self._work: dict[str, Callable[[InferenceAdapter, InferenceInput, dict, Output], Awaitable[Outcome]]] = {
+            "chat": self._chat, "completion": self._completion, "embedding": self._embed,
+            "transcription": self._transcribe, "speech": self._speak, "responses": self._responses}
 
     @activity.defn(name="inference")
     async def inference(self, inp: InferenceInput) -> InferenceSummary:
@@ -88,6 +107,29 @@ class InferenceActivities:
         return self._adapters.get(model)
 
     async def generate(self, inp: InferenceInput, attempt: int) -> InferenceSummary:
+        """One attempt, its outcome counted for its model: an engine failure worth retrying (or any
+        unexpected one) is the version's error; a 4xx, a cancel or a job already ended are not counted."""
+        if self._outcomes is None:
+            return await self._attempt(inp, attempt)
+        started, ok = time.monotonic(), None
+        try:
+            summary = await self._attempt(inp, attempt)
+            ok = True
+            return summary
+        except ApplicationError as exc:
+            if exc.type == ENGINE_ERROR:
+                ok = exc.non_retryable
+            elif exc.type == "NoAdapter":
+                ok = False
+            raise
+        except Exception:
+            ok = False
+            raise
+        finally:
+            if ok is not None:
+                await self._outcomes.record(inp.model, ok, time.monotonic() - started)
+
+    async def _attempt(self, inp: InferenceInput, attempt: int) -> InferenceSummary:
         """One attempt at the job's output, published as it comes. Cancelled with the message
         `QUIET_STOP`, it stops without ending the job's stream (another attempt takes over)."""
         adapter = self._adapters.get(inp.model)
@@ -116,7 +158,7 @@ class InferenceActivities:
         if prior.text and not (prior.reasoning or prior.tool_calls):
             if inp.endpoint == COMPLETIONS_ENDPOINT:  # the delivered text joins the prompt
                 resumed = completion_continuation_body(body, prior.text, prior.tokens)
-            elif "prefix_continuation" in adapter.capabilities:
+            elif "prefix_continuation" in adapter.capabilities and "messages" in body:  # not a passed-through Responses body
                 resumed = continuation_body(body, prior.text, prior.tokens)
                 stripper = PrefixEchoStripper(prior.text)
         if prior.text or prior.reasoning or prior.tool_calls or prior.audio:
@@ -130,18 +172,10 @@ class InferenceActivities:
 
         cancelled = self._cancels.register(inp.job_id)
         result_ref = ""
-        text: list[str] | None = None
-        work: Coroutine[Any, Any, tuple[str | None, Usage, str]]
-        if inp.endpoint == EMBEDDINGS_ENDPOINT:
-            work = self._embed(adapter, inp, body)
-        elif inp.endpoint in (TRANSCRIPTIONS_ENDPOINT, TRANSLATIONS_ENDPOINT):
-            work = self._transcribe(adapter, inp, body)
-        elif inp.endpoint == SPEECH_ENDPOINT:
-            work = self._speak(adapter, inp, body, publisher)
-        else:
-            text = [prior.text] if inp.options.get("store_text") else None
-            work = self._generate(self._pieces(adapter, inp.endpoint, body), publisher, stripper, text)
-        run = asyncio.ensure_future(work)
+        kind = spec_of(inp.endpoint).work
+        text = [prior.text] if kind in TEXT_WORK and inp.options.get("store_text") else None
+        out = Output(publisher, stripper, text)
+        run = asyncio.ensure_future(self._work[kind](adapter, inp, body, out))
         stop = asyncio.ensure_future(cancelled.wait())
         try:
             await asyncio.wait({run, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -197,14 +231,24 @@ class InferenceActivities:
             raise engine_failure(EngineError(f"{what} is no longer in the object store",
                                              status=500, retryable=False, code="body_missing")) from None
 
-    @staticmethod
-    def _pieces(adapter: InferenceAdapter, endpoint: str, body: dict) -> AsyncIterator[StreamPiece]:
-        if endpoint == COMPLETIONS_ENDPOINT:
-            return adapter.stream_completion(body)
-        return adapter.stream_chat(body)
+    # ---- the work of each kind of endpoint (schemas.endpoints.EndpointSpec.work) ---------------------
+    async def _chat(self, adapter: InferenceAdapter, inp: InferenceInput, body: dict, out: Output) -> Outcome:
+        return await self._generate(adapter.stream_chat(body), out)
 
-    async def _embed(self, adapter: InferenceAdapter, inp: InferenceInput,
-                     body: dict) -> tuple[None, Usage, str]:
+    async def _completion(self, adapter: InferenceAdapter, inp: InferenceInput, body: dict, out: Output) -> Outcome:
+        return await self._generate(adapter.stream_completion(body), out)
+
+    async def _responses(self, adapter: InferenceAdapter, inp: InferenceInput, body: dict, out: Output) -> Outcome:
+        """The Responses API: a chat body (translated by the proxy), or a Responses body for an engine
+        that serves /v1/responses itself (`responses_passthrough`)."""
+        if not inp.options.get("responses_passthrough"):
+            return await self._generate(adapter.stream_chat(body), out)
+        stream = getattr(adapter, "stream_responses", None)
+        if stream is None or "responses" not in adapter.capabilities:
+            raise UnsupportedCapability("responses")
+        return await self._generate(stream(body), out)
+
+    async def _embed(self, adapter: InferenceAdapter, inp: InferenceInput, body: dict, out: Output) -> Outcome:
         """Embeds, writes the response body to the object store and hands on only its reference:
         vectors never enter Temporal's history or the event stream."""
         result = await adapter.embed(body)
@@ -217,8 +261,8 @@ class InferenceActivities:
         ref = await self._objects.put(result_key(inp.job_id), data)
         return None, Usage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens), ref
 
-    async def _transcribe(self, adapter: InferenceAdapter, inp: InferenceInput,
-                          body: dict) -> tuple[None, Usage, str]:
+    async def _transcribe(self, adapter: InferenceAdapter, inp: InferenceInput, body: dict,
+                          out: Output) -> Outcome:
         """Speech to text; the formatted response body goes to the object store, as embeddings'."""
         task = "translate" if inp.endpoint == TRANSLATIONS_ENDPOINT else "transcribe"
         granularities = tuple(body.get("timestamp_granularities") or ())
@@ -232,21 +276,19 @@ class InferenceActivities:
         ref = await self._objects.put(stage_result_key(inp, SUFFIX[response_format]), data)
         return None, Usage(), ref
 
-    async def _speak(self, adapter: InferenceAdapter, inp: InferenceInput, body: dict,
-                     publisher: EventPublisher) -> tuple[str, Usage, str]:
+    async def _speak(self, adapter: InferenceAdapter, inp: InferenceInput, body: dict, out: Output) -> Outcome:
         """Text to speech: audio goes to the client as it comes, and whole to the object store for
         the job's result."""
         parts: list[bytes] = []
         async for chunk in adapter.speak(body):
             parts.append(chunk)
-            await publisher.add_audio(chunk)
+            await out.publisher.add_audio(chunk)
         ref = await self._objects.put(result_key(inp.job_id, body.get("response_format", "mp3")), b"".join(parts))
         characters = len(body.get("input", ""))
         return "stop", Usage(prompt_tokens=characters, total_tokens=characters), ref
 
-    async def _generate(self, pieces: AsyncIterator[StreamPiece], publisher: EventPublisher,
-                        stripper: PrefixEchoStripper | None,
-                        text: list[str] | None = None) -> tuple[str | None, Usage, str]:
+    async def _generate(self, pieces: AsyncIterator[StreamPiece], out: Output) -> Outcome:
+        publisher, stripper, text = out.publisher, out.stripper, out.text
         usage = Usage()
         finish_reason: str | None = None
         async for piece in pieces:

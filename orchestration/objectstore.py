@@ -5,9 +5,10 @@ the key itself, so the proxy and the workers resolve it against the same configu
 
 - `LocalObjectStore`: a directory (`SWITCHYARD_OBJECT_DIR`, default `var/objects`), one node.
   Writes are atomic (a temporary file in the same directory, then `os.replace`), so a reader sees
-  the whole object or none. `sweep` removes jobs' objects older than the retention.
+  the whole object or none. `sweep` removes jobs' objects older than the retention (never `files/`).
 - `S3ObjectStore`: any S3 API (AWS, MinIO) through aiobotocore (`SWITCHYARD_OBJECT_STORE=s3`).
-  A PUT is atomic by S3's own contract; expiry is the bucket's lifecycle rule.
+  A PUT is atomic by S3's own contract; expiry is the bucket's lifecycle rule (scope it to leave
+  `files/` alone: the Files API's objects live until deleted).
 
 The claim-check rule (ARCHITECTURE.md §3): an activity input or output over
 `SWITCHYARD_CLAIM_CHECK_BYTES` (default 1 MB, never above 1.5 MB) goes by reference.
@@ -23,13 +24,15 @@ import time
 import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import AsyncIterator, Mapping, NamedTuple, Protocol
+from typing import AsyncIterable, AsyncIterator, Mapping, NamedTuple, Protocol
 
 from orchestration.telemetry import record_claim_check
 
 DEFAULT_CLAIM_CHECK_BYTES = 1_000_000
 MAX_CLAIM_CHECK_BYTES = 1_500_000  # Temporal refuses payloads over 2 MB; keep a margin
 CHUNK = 256 * 1024
+PART_BYTES = 8 * 1024 * 1024  # S3 multipart parts (S3 wants >= 5 MiB but the last)
+FILES_PREFIX = "files"  # the Files API's objects (orchestration/files.py): kept until deleted, never swept
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,80}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})*$")
 
 
@@ -78,6 +81,12 @@ class ObjectStore(Protocol):
         """Stores `data` under `key` (replacing any object there); returns its reference."""
         ...
 
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes],
+                         content_type: str = "application/octet-stream") -> str:
+        """Stores the chunks as one object without holding them all in memory. If `chunks` raises,
+        nothing is left under `key` (nor half-written elsewhere) and the error propagates."""
+        ...
+
     async def get(self, ref: str) -> bytes:
         """The whole object; ObjectNotFound if there is none."""
         ...
@@ -109,6 +118,41 @@ class LocalObjectStore:
         await asyncio.to_thread(self._write, self._path(key), data)
         record_claim_check("put", len(data))
         return key
+
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes],
+                         content_type: str = "application/octet-stream") -> str:
+        path = self._path(key)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        f = await asyncio.to_thread(self._create, tmp)
+        size = 0
+        try:
+            buf = bytearray()
+            async for chunk in chunks:
+                buf += chunk
+                size += len(chunk)
+                if len(buf) >= CHUNK * 4:
+                    await asyncio.to_thread(f.write, buf)
+                    buf = bytearray()
+            await asyncio.to_thread(self._finish, f, bytes(buf), tmp, path)
+        except BaseException:
+            f.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        record_claim_check("put", size)
+        return key
+
+    @staticmethod
+    def _create(tmp: Path):
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        return open(tmp, "wb")
+
+    @staticmethod
+    def _finish(f, rest: bytes, tmp: Path, path: Path) -> None:
+        with f:
+            f.write(rest)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
@@ -181,7 +225,7 @@ class LocalObjectStore:
     def _sweep(self, max_age_s: float, now: float) -> int:
         removed = 0
         for job_dir in self.root.iterdir():
-            if not job_dir.is_dir():
+            if not job_dir.is_dir() or job_dir.name == FILES_PREFIX:
                 continue
             try:
                 newest = max((p.stat().st_mtime for p in job_dir.iterdir()), default=job_dir.stat().st_mtime)
@@ -238,6 +282,43 @@ class S3ObjectStore:
         await s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
         record_claim_check("put", len(data))
         return key
+
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes],
+                         content_type: str = "application/octet-stream") -> str:
+        """One PUT for an object under PART_BYTES, else a multipart upload, aborted on error."""
+        s3 = await self._s3()
+        where = {"Bucket": self.bucket, "Key": self._key(key)}
+        buf, size, upload_id = bytearray(), 0, None
+        parts: list[dict] = []
+        try:
+            async for chunk in chunks:
+                buf += chunk
+                size += len(chunk)
+                if len(buf) >= PART_BYTES:
+                    if upload_id is None:
+                        upload_id = (await s3.create_multipart_upload(**where, ContentType=content_type))["UploadId"]
+                    parts.append(await self._part(s3, where, upload_id, len(parts) + 1, bytes(buf)))
+                    buf = bytearray()
+            if upload_id is None:
+                await s3.put_object(**where, Body=bytes(buf), ContentType=content_type)
+            else:
+                if buf:
+                    parts.append(await self._part(s3, where, upload_id, len(parts) + 1, bytes(buf)))
+                await s3.complete_multipart_upload(**where, UploadId=upload_id, MultipartUpload={"Parts": parts})
+        except BaseException:
+            if upload_id is not None:
+                try:
+                    await asyncio.shield(s3.abort_multipart_upload(**where, UploadId=upload_id))
+                except Exception:
+                    pass  # the bucket's lifecycle rule for incomplete uploads is the backstop
+            raise
+        record_claim_check("put", size)
+        return key
+
+    @staticmethod
+    async def _part(s3, where: dict[str, str], upload_id: str, number: int, data: bytes) -> dict:
+        part = await s3.upload_part(**where, UploadId=upload_id, PartNumber=number, Body=data)
+        return {"ETag": part["ETag"], "PartNumber": number}
 
     async def _get(self, ref: str):
         s3 = await self._s3()

@@ -31,7 +31,10 @@ with workflow.unsafe.imports_passed_through():
         WebhookDelivery,
         WorkflowInput,
     )
+    from orchestration.tenant_events import TenantEvents
     from schemas.openai import ErrorBody
+    from schemas.responses import RESPONSES_ENDPOINT, WEBHOOK_EVENTS, ended_status
+    from schemas.tenant_webhooks import TenantEventInput
 
 NON_RETRYABLE = ["NoAdapter", "JobCancelled", "JobEnded"]
 LOCAL_TIMEOUT = timedelta(seconds=30)
@@ -66,11 +69,13 @@ class InferenceWorkflow:
             assert notice.error is not None
             await self._settle(inp, None)
             await self._notify(inp, JOB_FAILED, {"status": "failed", "error": notice.error})
+            await _tenant_event(inp, "failed")
             raise ApplicationError(notice.error.message, notice.status, notice.error.code,
                                    type="JobFailed", non_retryable=True) from None
         await self._settle(inp, summary.usage.total_tokens)
         await self._notify(inp, JOB_SUCCEEDED, {"status": "succeeded", "usage": summary.usage,
                                                 "finish_reason": summary.finish_reason})
+        await _tenant_event(inp, "succeeded", summary.finish_reason)
         return summary
 
     async def _cancelled(self, inp: WorkflowInput) -> None:
@@ -80,6 +85,7 @@ class InferenceWorkflow:
             start_to_close_timeout=LOCAL_TIMEOUT, retry_policy=LOCAL_RETRY)
         await self._settle(inp, None)
         await self._notify(inp, JOB_CANCELLED, {"status": "cancelled"})
+        await _tenant_event(inp, "cancelled")
 
     async def _settle(self, inp: WorkflowInput, actual: int | None) -> None:
         if inp.admission is None:
@@ -100,6 +106,21 @@ class InferenceWorkflow:
         await workflow.start_child_workflow(
             WEBHOOK_WORKFLOW, delivery, id=f"{job_id}-webhook", task_queue=inp.webhook_queue,
             parent_close_policy=ParentClosePolicy.ABANDON)
+
+
+async def _tenant_event(inp: WorkflowInput, outcome: str, finish_reason: str | None = None) -> None:
+    """A response's end, for the tenant's webhook endpoints (OpenAI's `response.*` events)."""
+    inference = inp.inference
+    if inference.endpoint != RESPONSES_ENDPOINT:
+        return
+    event = TenantEventInput(tenant=inference.tenant, type=WEBHOOK_EVENTS[ended_status(outcome, finish_reason)],
+                             data_id=inference.job_id, created_at=int(workflow.now().timestamp()))
+    try:
+        await workflow.execute_activity_method(
+            TenantEvents.notify_tenant, event, task_queue=inp.webhook_queue,
+            start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=5))
+    except ActivityError:
+        workflow.logger.warning("the tenant's webhook endpoints could not be notified")
 
 
 async def _first_stage(inp: WorkflowInput) -> InferenceSummary:

@@ -16,7 +16,7 @@ Queue = Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
 
 # The last four name the content parts a chat may carry (image_url; input_audio and audio_url;
 # video_url; file): unlike the others they are never implied by an empty `capabilities`.
-Capability = Literal["chat", "completions", "embeddings", "asr", "tts", "prefix_continuation",
+Capability = Literal["chat", "completions", "embeddings", "asr", "tts", "prefix_continuation", "responses",
                      "vision", "audio_input", "video_input", "file_input"]
 # Engine options that set the output length past `max_tokens` (llama-server, TGI): never an extra.
 LENGTH_OVERRIDES = frozenset({"n_predict", "max_new_tokens"})
@@ -109,6 +109,7 @@ class ModelEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     aliases: tuple[Name, ...] = ()
     owned_by: str = "switchyard"
     created: int = 0
+    tenant: str = ""  # an owning tenant: the model is invisible to every other tenant ("": everyone's)
     max_concurrency: Annotated[int, Meta(ge=1)] = 4
     limits: ModelLimits = ModelLimits()
     timeouts: StageTimeouts = StageTimeouts()

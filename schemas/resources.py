@@ -58,3 +58,15 @@ class Readiness(msgspec.Struct):
 class AdminList(msgspec.Struct, kw_only=True):
     object: Literal["list"] = "list"
     data: list[dict[str, Any]]
+
+
+class Webhook(msgspec.Struct, forbid_unknown_fields=True):
+    url: str
+    secret: str
+
+
+class JobCreate(msgspec.Struct):
+    endpoint: str
+    body: dict[str, Any]
+    metadata: dict[str, str] = {}
+    webhook: Webhook | None = None

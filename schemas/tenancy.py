@@ -87,3 +87,36 @@ class KeyRecord(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
 
     def usable(self, now: float) -> bool:
         return not self.revoked and (self.expires is None or now < self.expires)
+
+
+# The admin API's request bodies.
+class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    name: str = ""
+    tier: Union[int, str] = 3
+    pii: PIIPolicy = "off"
+    limits: Limits = Limits()
+    operator: bool = False
+    cors_origins: tuple[str, ...] = ()
+    retention_s: Union[RetentionSeconds, None] = None
+
+
+class TenantUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """Only the fields given change. A tenant's own admin may change `cors_origins` only."""
+    name: Union[str, None] = None
+    tier: Union[int, str, None] = None
+    pii: Union[PIIPolicy, None] = None
+    limits: Union[Limits, None] = None
+    cors_origins: Union[tuple[str, ...], None] = None
+    retention_s: Union[RetentionSeconds, None] = None
+
+
+class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
+    tenant: Union[str, None] = None
+    name: str = ""
+    models: tuple[str, ...] = ("*",)
+    endpoints: tuple[str, ...] = ("*",)
+    admin: bool = False
+    limits: Limits = Limits()
+    expires_at: Union[float, None] = None          # unix seconds
+    expires_in_days: Union[float, None] = None

@@ -79,6 +79,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         queues=queues,
         coalesce_s=float(os.environ.get("SWITCHYARD_COALESCE_MS", "5")) / 1000,
         cpu_queue=os.environ.get("SWITCHYARD_CPU_QUEUE", "cpu"),
+        train_queue=os.environ.get("SWITCHYARD_TRAIN_QUEUE", "train"),
         webhook_allow=parse_allow_list(os.environ.get("SWITCHYARD_WEBHOOK_ALLOW", "")),
         webhook_base_delay_s=float(os.environ.get("SWITCHYARD_WEBHOOK_BASE_DELAY_S", "5")),
         metrics_port=int(os.environ.get("SWITCHYARD_METRICS_PORT", "0") or 0),
@@ -164,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     from switchyard.jobs_cli import register as register_jobs
 
     register_jobs(sub)
+    from switchyard.webhooks_cli import register as register_webhooks
+
+    register_webhooks(sub)
+    from switchyard.models_cli import register as register_models
+
+    register_models(sub)
     return parser
 
 

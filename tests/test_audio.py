@@ -9,7 +9,6 @@ import io
 import json
 import math
 import re
-import time
 import wave
 
 import httpx
@@ -17,6 +16,7 @@ import openai
 import pytest
 
 from tests.conftest import Stack
+from tests.jobclient import wait_finished
 
 TTS, ASR, EMBED = "hibari-tts", "whisper-tiny", "all-minilm-l6-v2"
 FOX = "The quick brown fox jumps over the lazy dog."
@@ -183,10 +183,8 @@ def test_a_worker_killed_mid_speech_restarts_the_audio_and_the_job_completes(sta
         with pytest.raises(httpx.HTTPError):  # the body is cut short, not silently spliced
             for _ in chunks:
                 pass
-    deadline = time.monotonic() + 120
-    while (view := http.get(f"/v1/jobs/{job_id}").json())["status"] != "succeeded":
-        assert view["status"] in ("queued", "running") and time.monotonic() < deadline, view
-        time.sleep(0.5)
+    job = wait_finished(http, job_id, timeout=120)
+    assert job["status"] == "succeeded", job
     events = http.get(f"/v1/jobs/{job_id}/events").text
     assert "event: job.restarted" in events and '"attempt":2' in events
     audio = http.get(f"/v1/jobs/{job_id}/result").content

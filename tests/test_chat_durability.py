@@ -15,7 +15,7 @@ from temporalio.worker import Replayer
 
 from orchestration.converter import data_converter
 from orchestration.streams import client_of, read_stored
-from orchestration.workflows import InferenceWorkflow
+from orchestration.workflows import InferenceWorkflow, WebhookWorkflow
 from schemas.events import Delta, Finished, Started
 from schemas.jobs import InferenceSummary
 from tests.conftest import MODEL, Stack, scenario
@@ -53,7 +53,7 @@ async def test_workflow_history_replays_deterministically(client, temporal):
     handle = temporal.get_workflow_handle(raw.headers["x-job-id"])
     await handle.result()
     fresh = await handle.fetch_history()
-    replayer = Replayer(workflows=[InferenceWorkflow], data_converter=data_converter)
+    replayer = Replayer(workflows=[InferenceWorkflow, WebhookWorkflow], data_converter=data_converter)
     await replayer.replay_workflow(fresh)
     if os.environ.get("SWITCHYARD_RECORD_HISTORY"):
         HISTORIES.mkdir(exist_ok=True)

@@ -69,8 +69,7 @@ class Harness:
         self.cancelled: list[str] = []
         raw = {"model": "m1", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
         request_struct = msgspec.convert(raw, ChatCompletionRequest)
-        self.job = new_streamed_job(Principal("t", "k"), CATALOG.get("m1"), CHAT_ENDPOINT, request_struct, raw,
-                                    prefix="chatcmpl")
+        self.job = new_streamed_job(Principal("t", "k"), CATALOG.get("m1"), CHAT_ENDPOINT, request_struct, raw)
         self.rt = SimpleNamespace(js=None, temporal=None,
                                   settings=SimpleNamespace(header_wait_s=header_wait_s, keepalive_s=0.05))
         self.request = Request({"type": "http", "method": "POST", "path": CHAT_ENDPOINT, "headers": [],

@@ -30,6 +30,7 @@ from gatekeeping.keystore import BUCKET_KEYS, BUCKET_TENANTS
 from gatekeeping.limits import BUCKET_LIMITS, BUCKET_USAGE
 from switchyard.processes import ROOT, Managed, start_python, start_temporal, stop_all, wait_http
 from tests.conftest import scenario
+from tests.eventually import eventually, eventually_async
 from tests.fakes.vllm import REPLY, FakeVLLM
 from tests.jobclient import chunk_text, read_events, wait_finished
 from tests.nats_cluster import NatsCluster, free_ports, make_cluster
@@ -127,15 +128,18 @@ async def _move_leader(cluster: NatsCluster, stream: str, to: str, timeout: floa
     nc = await nats.connect(servers=cluster.urls)
     try:
         js = nc.jetstream()
-        deadline = time.monotonic() + timeout
-        while (await js.stream_info(stream)).cluster.leader != to:
-            assert time.monotonic() < deadline, f"{stream}'s leader did not move to {to}"
+
+        async def moved() -> bool:
+            if (await js.stream_info(stream)).cluster.leader == to:
+                return True
             try:
                 await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
                                  json.dumps({"placement": {"preferred": to}}).encode(), timeout=2)
             except Exception:
                 pass
-            await asyncio.sleep(0.3)
+            return False
+
+        await eventually_async(moved, timeout, interval=0.3, what=f"{stream}'s leader moving to {to}")
     finally:
         await nc.close()
 
@@ -143,16 +147,16 @@ async def _move_leader(cluster: NatsCluster, stream: str, to: str, timeout: floa
 async def _wait_leaders(cluster: NatsCluster, timeout: float = 30.0) -> dict:
     """Until every replicated stream has a leader among the live nodes."""
     alive = {n.name for n in cluster.nodes if n not in cluster.stopped}
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def elected() -> dict | None:
         try:
             infos = await _stream_infos(cluster, REPLICATED)
-            if all(i.cluster.leader in alive for i in infos.values()):
-                return infos
-        except Exception:
-            pass
-        assert time.monotonic() < deadline, "the streams did not all elect a leader on the surviving nodes"
-        await asyncio.sleep(0.25)
+        except Exception:  # a node's answer lost in the election: ask again
+            return None
+        return infos if all(i.cluster.leader in alive for i in infos.values()) else None
+
+    return await eventually_async(elected, timeout, interval=0.25,
+                                  what="every stream electing a leader on the surviving nodes")
 
 
 def sse_frames(lines: Iterable[str]) -> Iterator[dict]:
@@ -184,9 +188,8 @@ def key_known_everywhere(urls: list[str], key: str, timeout: float = 30.0) -> fl
     recovers after its heartbeats are missed (about 10 s), so this is not instantaneous here."""
     start = time.monotonic()
     for url in urls:
-        while httpx.get(url + "/v1/models", headers={"authorization": f"Bearer {key}"}).status_code != 200:
-            assert time.monotonic() - start < timeout, f"{url} did not learn the new key in {timeout}s"
-            time.sleep(0.1)
+        eventually(lambda: httpx.get(url + "/v1/models", headers={"authorization": f"Bearer {key}"}).status_code
+                   == 200, max(0.0, timeout - (time.monotonic() - start)), what=f"{url} learning the new key")
     return time.monotonic() - start
 
 

@@ -1,5 +1,6 @@
 """/openapi.json: a valid OpenAPI 3.1 document covering every route the proxy serves, and schemathesis
-against the live proxy finds no 5xx.
+against the live proxy finds no 5xx, and every answer conforms to the document (status code,
+content type, body schema).
 
 Bounds of the schemathesis run: up to EXAMPLES generated cases per operation in each of schemathesis'
 positive and negative modes, no shrinking, no example database. Left out: `GET /v1/ws` (a WebSocket
@@ -14,6 +15,7 @@ from __future__ import annotations
 import httpx
 import pytest
 import schemathesis
+from schemathesis import checks
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from openapi_spec_validator import validate
@@ -24,6 +26,7 @@ from proxy.http.openapi import UNDOCUMENTED, _routes
 from tests.conftest import OTHER_KEY, Stack
 
 EXAMPLES = 20
+CONFORMANCE = [checks.status_code_conformance, checks.content_type_conformance, checks.response_schema_conformance]
 SKIP = {("GET", "/v1/ws")}
 
 
@@ -92,9 +95,17 @@ def test_schemathesis_finds_no_server_errors(stack: Stack):
                 nonlocal calls
                 response = case.call(base_url=stack.proxy_url, headers=headers, timeout=30)
                 calls += 1
-                if response.status_code >= 500 and sum(f.startswith(f"{method} {path} ") for f in failures) < 2:
-                    failures.append(f"{method} {path} ({mode.value}) -> {response.status_code} "
-                                    f"{response.text[:300]!r}\n  {case.as_curl_command(headers=headers)}")
+                problem = None
+                if response.status_code >= 500:
+                    problem = f"-> {response.status_code} {response.text[:300]!r}"
+                else:
+                    try:  # the answer is what the document says: status, content type, body schema
+                        case.validate_response(response, checks=CONFORMANCE)
+                    except Exception as exc:  # schemathesis' FailureGroup
+                        problem = f"-> {response.status_code} does not conform: {str(exc)[:400]}"
+                if problem and sum(f.startswith(f"{method} {path} ") for f in failures) < 2:
+                    failures.append(f"{method} {path} ({mode.value}) {problem}\n  "
+                                    f"{case.as_curl_command(headers=headers)}")
 
             try:
                 run()

@@ -22,6 +22,7 @@ from temporalio.client import Client
 
 from switchyard.processes import ROOT, free_port
 from switchyard.supervisor import Backoff, Supervisor
+from tests.eventually import eventually, eventually_async
 from tests.jobclient import wait_finished
 
 MODEL = "smollm2-135m-instruct"
@@ -47,13 +48,11 @@ def pid_files(run_dir: Path) -> dict[str, int]:
 
 def wait_replaced(run_dir: Path, name: str, old: int, timeout: float = 30) -> int:
     """The pid of the process that took `old`'s place under `name`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def replaced() -> int | None:
         pid = pid_files(run_dir).get(name)
-        if pid not in (None, old) and alive(pid):
-            return pid
-        time.sleep(0.2)
-    raise AssertionError(f"no new {name} after pid {old}")
+        return pid if pid not in (None, old) and alive(pid) else None
+
+    return eventually(replaced, timeout, interval=0.2, what=f"a new {name} after pid {old}")
 
 
 @dataclass
@@ -81,10 +80,13 @@ def up(tmp_path: Path):
                                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     stack = Up(proc, var, console, f"http://127.0.0.1:{port}", "")
     try:
-        deadline = time.monotonic() + 120
-        while "Switchyard is up" not in stack.output():
-            assert proc.poll() is None and time.monotonic() < deadline, stack.output()
-            time.sleep(0.2)
+        def banner() -> bool:
+            if proc.poll() is not None:  # it will never come
+                raise RuntimeError(f"`switchyard up` exited {proc.returncode}:\n{stack.output()}")
+            assert "Switchyard is up" in stack.output(), stack.output()
+            return True
+
+        eventually(banner, timeout=120, interval=0.2)
         stack.key = (var / "demo_key").read_text().strip()
         yield stack
     finally:
@@ -103,13 +105,15 @@ def up(tmp_path: Path):
 async def _worker_pid(temporal_address: str, job_id: str) -> int:
     """The pid of the worker running the job's activity (the SDK's identity is `pid@host`)."""
     client = await Client.connect(temporal_address)
-    for _ in range(100):
+
+    async def running_on() -> int | None:
         desc = await client.get_workflow_handle(job_id).describe()
         for activity in desc.raw_description.pending_activities:
             if activity.last_worker_identity:
                 return int(activity.last_worker_identity.split("@")[0])
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no worker runs job {job_id}")
+        return None
+
+    return await eventually_async(running_on, timeout=5, interval=0.05, what=f"a worker running job {job_id}")
 
 
 def test_up_banner_names_the_chat_page_and_temporal_ui_and_both_answer(up: Up):
@@ -159,9 +163,12 @@ def test_up_restarts_a_worker_killed_mid_stream_and_stops_on_ctrl_c(up: Up):
     t0 = time.monotonic()
     up.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends: the children have sessions of their own
     assert up.proc.wait(15) == 0, up.output()
-    while any(alive(p) for p in children) and time.monotonic() - t0 < 10:
-        time.sleep(0.05)
-    assert not [p for p in children if alive(p)], up.output()
+
+    def all_stopped() -> bool:
+        assert not [p for p in children if alive(p)], up.output()
+        return True
+
+    eventually(all_stopped, timeout=10, interval=0.05)
     print(f"stopped {len(children)} processes in {time.monotonic() - t0:.2f}s")
 
 

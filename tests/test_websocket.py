@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from proxy.jobs import ws as socket_module
 from proxy.jobs.api import job_parts
-from proxy.jobs.render import writer_for
+from proxy.endpoints.registry import endpoint_of
 from proxy.http.sse import LIFECYCLE
 from proxy.http.app import create_app
 from proxy.config import ProxySettings
@@ -46,7 +46,7 @@ async def recv(ws) -> dict:
     Cancelled(seq=9, attempt=1),
 ], ids=lambda e: type(e).__name__)
 def test_a_lifecycle_event_says_over_the_socket_what_it_says_on_the_jobs_stream(event):
-    chunks = writer_for(CHAT_ENDPOINT, "chatcmpl-1", MODEL, 1, True)
+    chunks = endpoint_of(CHAT_ENDPOINT).chunk_writer("chatcmpl-1", MODEL, 1, True)
     [(_, name, body)] = [part for part in job_parts(event, chunks) if part[0] == LIFECYCLE]
     message = socket_module.Session._message("c1", event, chunks)
     assert message["event"] == name.decode()
@@ -54,7 +54,7 @@ def test_a_lifecycle_event_says_over_the_socket_what_it_says_on_the_jobs_stream(
 
 
 def test_job_running_over_the_socket_says_where_it_resumed():
-    chunks = writer_for(CHAT_ENDPOINT, "chatcmpl-1", MODEL, 1, True)
+    chunks = endpoint_of(CHAT_ENDPOINT).chunk_writer("chatcmpl-1", MODEL, 1, True)
     message = socket_module.Session._message("c1", Started(seq=3, attempt=2, resumed_from=2), chunks)
     assert message["event"] == "job.running"
     assert message["data"]["attempt"] == 2 and message["data"]["resumed_from"] > 0

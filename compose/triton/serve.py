@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
-    from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
+    from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy, TritonSecurityConfig
 
     config = TritonConfig(http_address=args.address, http_port=args.http_port,
                           grpc_address=args.address, grpc_port=args.grpc_port,
@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     # to a running server loads them one at a time (about 2.5 s each).
     policy = TritonLifecyclePolicy(launch_triton_on_startup=False, local_model_store=True)
     started = time.perf_counter()
-    with Triton(config=config, triton_lifecycle_policy=policy) as triton:
+    # PyTriton guards the model repository API (load/unload) with an access token; a deployer that
+    # loads models (orchestration/deployers.py TritonDeployer) is given it as the same variable.
+    security = TritonSecurityConfig(access_token=os.environ.get("SWITCHYARD_TRITON_ACCESS_TOKEN") or None)
+    with Triton(config=config, triton_lifecycle_policy=policy, security_config=security) as triton:
         with ThreadPoolExecutor(len(names)) as pool:
             for future in [pool.submit(bind, triton, name, started) for name in names]:
                 future.result()

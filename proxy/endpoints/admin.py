@@ -15,7 +15,7 @@ Keys are returned once, by `POST /admin/keys`; nothing here logs a key or a body
 from __future__ import annotations
 
 import time
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 from starlette.requests import Request
@@ -27,42 +27,11 @@ from proxy.http.body import read_json_body
 from proxy.http.cors import parse_origins
 from schemas.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from gatekeeping.keystore import key_view, tenant_view
-from schemas.tenancy import Limits, PIIPolicy, RetentionSeconds, parse_tier
+from schemas.resources import AdminList
+from schemas.tenancy import KeyCreate, Limits, TenantCreate, TenantUpdate, parse_tier
 
 _encoder = msgspec.json.Encoder()
 _BODY_LIMIT = 64 * 1024
-
-
-class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
-    name: str = ""
-    tier: Union[int, str] = 3
-    pii: PIIPolicy = "off"
-    limits: Limits = Limits()
-    operator: bool = False
-    cors_origins: tuple[str, ...] = ()
-    retention_s: Union[RetentionSeconds, None] = None
-
-
-class TenantUpdate(msgspec.Struct, forbid_unknown_fields=True):
-    """Only the fields given change. A tenant's own admin may change `cors_origins` only."""
-    name: Union[str, None] = None
-    tier: Union[int, str, None] = None
-    pii: Union[PIIPolicy, None] = None
-    limits: Union[Limits, None] = None
-    cors_origins: Union[tuple[str, ...], None] = None
-    retention_s: Union[RetentionSeconds, None] = None
-
-
-class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
-    tenant: Union[str, None] = None
-    name: str = ""
-    models: tuple[str, ...] = ("*",)
-    endpoints: tuple[str, ...] = ("*",)
-    admin: bool = False
-    limits: Limits = Limits()
-    expires_at: Union[float, None] = None          # unix seconds
-    expires_in_days: Union[float, None] = None
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -163,7 +132,7 @@ async def list_tenants(request: Request) -> Response:
     p = _admin(request)
     store = _runtime(request).keystore
     tenants = store.list_tenants() if p.operator else [t for t in store.list_tenants() if t.id == p.tenant]
-    return _json({"object": "list", "data": [tenant_view(t) for t in tenants]})
+    return _json(AdminList(data=[tenant_view(t) for t in tenants]))
 
 
 # ---- keys -----------------------------------------------------------------------------------------
@@ -207,7 +176,7 @@ async def list_keys(request: Request) -> Response:
         keys = store.list_keys()
     else:
         keys = store.list_keys(_tenant_for(p, request, wanted))
-    return _json({"object": "list", "data": [key_view(k) for k in keys]})
+    return _json(AdminList(data=[key_view(k) for k in keys]))
 
 
 async def revoke_key(request: Request) -> Response:

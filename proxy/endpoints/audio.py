@@ -33,6 +33,10 @@ from proxy.http.body import read_json_body
 from proxy.jobs.relay import EventFeed
 from schemas.audio import MAX_AUDIO_BYTES, SPEECH_MEDIA_TYPES, SpeechRequest, TranscriptionRequest
 from schemas.events import Cancelled, Delta, Failed, Finished, JobEvent, Restarted
+from proxy.endpoints.endpoint import Endpoint
+from proxy.http.operations import JOB_ID_HEADER, audio_in_operation, json_job_operation, ok
+from proxy.jobs.render import SpeechWriter
+from schemas import endpoints
 from schemas.jobs import SPEECH_ENDPOINT, TRANSCRIPTIONS_ENDPOINT, TRANSLATIONS_ENDPOINT
 
 TRANSCRIPTIONS, TRANSLATIONS, SPEECH = TRANSCRIPTIONS_ENDPOINT, TRANSLATIONS_ENDPOINT, SPEECH_ENDPOINT
@@ -142,8 +146,7 @@ def prepare_transcription(rt: Runtime, principal: Principal, fields: dict[str, A
                              param="response_format", code="unsupported_format")
     raw = {**fields, "file_sha256": upload.digest}  # the idempotency hash covers the file
     body = {k: v for k, v in fields.items() if k != "stream"}
-    prefix = "trsc" if endpoint == TRANSCRIPTIONS else "trsl"
-    job = new_job(principal, model, endpoint, req, raw, body, prefix=prefix, idempotency_key=idempotency_key,
+    job = new_job(principal, model, endpoint, req, raw, body, idempotency_key=idempotency_key,
                   options={"filename": upload.filename[:128]})
     return as_pipeline(rt.catalog, job)
 
@@ -185,6 +188,14 @@ async def translations(request: Request) -> Response | SSEResponse:
     return await _transcribe(request, TRANSLATIONS)
 
 
+TRANSCRIBE = Endpoint(spec=endpoints.TRANSCRIPTIONS, handler=transcriptions, writer=ResultWriter,
+                      assembler=ResultAssembler, respond=stored_result,
+                      operation=audio_in_operation("Transcribe audio (a job)"))
+TRANSLATE = Endpoint(spec=endpoints.TRANSLATIONS, handler=translations, writer=ResultWriter,
+                     assembler=ResultAssembler, respond=stored_result,
+                     operation=audio_in_operation("Translate audio into English text (a job)"))
+
+
 def prepare_speech(rt: Runtime, principal: Principal, raw: dict[str, Any], idempotency_key: str | None,
                    metadata: dict[str, str] | None = None, webhook_url: str = "") -> PreparedJob:
     req = convert_request(raw, SpeechRequest)
@@ -203,7 +214,7 @@ def prepare_speech(rt: Runtime, principal: Principal, raw: dict[str, Any], idemp
                                  f"{', '.join(offer.voices)}.", param="voice", code="invalid_voice")
         voice = offer.voices[voice]
     body = {"input": req.input, "voice": voice, "response_format": req.response_format, "speed": req.speed}
-    return new_job(principal, model, SPEECH, req, raw, body, prefix="spch", idempotency_key=idempotency_key,
+    return new_job(principal, model, SPEECH, req, raw, body, idempotency_key=idempotency_key,
                    metadata=metadata, webhook_url=webhook_url)
 
 
@@ -246,3 +257,15 @@ async def _audio(feed: EventFeed, batch: list[JobEvent], timeout_s: float) -> As
 class AudioInterrupted(Exception):
     pass
 
+
+SPEAK = Endpoint(
+    spec=endpoints.SPEECH, handler=speech, prepare=prepare_speech, writer=SpeechWriter, assembler=ResultAssembler,
+    respond=stored_result,
+    operation=json_job_operation(
+        "audio", "Text to speech (a job), streamed as it is made", "SpeechRequest",
+        ok("The audio file, sent as the engine produces it (chunked). A failure after the first bytes cuts "
+           "the body short.", {t: {"schema": {"type": "string", "format": "binary"}}
+                               for t in dict.fromkeys(SPEECH_MEDIA_TYPES.values())}, JOB_ID_HEADER),
+        statuses=(400, 401, 403, 404, 409, 429, 503)))
+
+ENDPOINTS = (TRANSCRIBE, TRANSLATE, SPEAK)

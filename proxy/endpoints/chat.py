@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-
 from gatekeeping.auth import Principal
-from proxy.http.sse import SSEResponse
+from proxy.endpoints.endpoint import Endpoint
+from proxy.http.operations import CHAT_STREAM, generation_operation
 from proxy.jobs.render import ChunkWriter, CompletionAssembler
 from schemas.errors import InvalidRequest
 from proxy.endpoints.params import check_content_parts
 from proxy.runtime import Runtime
 from proxy.jobs.prepare import PreparedJob, check_max_tokens, convert_request, engine_entry, find_model, new_streamed_job
-from proxy.jobs.run import serve_endpoint
 from schemas.catalog import ModelEntry
+from schemas import endpoints
 from schemas.jobs import CHAT_ENDPOINT
 from schemas.openai import CONTENT_REQUIRED, ChatCompletionRequest
 
@@ -63,10 +61,12 @@ def prepare_chat(rt: Runtime, principal: Principal, raw: dict[str, Any], idempot
     model = find_model(rt, req.model, CHAT)
     check_limits(req, model)
     check_content_parts(req, engine_entry(rt, model))
-    return new_streamed_job(principal, model, CHAT, req, raw, prefix="chatcmpl",
+    return new_streamed_job(principal, model, CHAT, req, raw,
                             defaults=default_max_tokens(req, model), idempotency_key=idempotency_key,
                             metadata=metadata, webhook_url=webhook_url)
 
 
-async def chat_completions(request: Request) -> Response | SSEResponse:
-    return await serve_endpoint(request, CHAT, prepare_chat, ChunkWriter, CompletionAssembler)
+ENDPOINT = Endpoint(
+    spec=endpoints.CHAT, prepare=prepare_chat, writer=ChunkWriter, assembler=CompletionAssembler,
+    operation=generation_operation("chat", "Create a chat completion (a durable job)", "ChatCompletionRequest",
+                                   "ChatCompletion", "ChatCompletionChunk", CHAT_STREAM))

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-
 from gatekeeping.auth import Principal
-from proxy.http.sse import SSEResponse
+from proxy.endpoints.endpoint import Endpoint
+from proxy.http.operations import generation_operation
 from proxy.jobs.render import TextChunkWriter, TextCompletionAssembler
 from schemas.errors import InvalidRequest
 from proxy.runtime import Runtime
 from proxy.jobs.prepare import PreparedJob, check_max_tokens, convert_request, find_model, new_streamed_job
-from proxy.jobs.run import serve_endpoint
+from schemas import endpoints
 from schemas.jobs import COMPLETIONS_ENDPOINT
 from schemas.openai import CompletionRequest
 
@@ -46,10 +44,14 @@ def prepare_completion(rt: Runtime, principal: Principal, raw: dict[str, Any], i
         raise InvalidRequest("'logprobs' is not supported.", param="logprobs", code="invalid_value")
     model = find_model(rt, req.model, COMPLETIONS)
     check_max_tokens(req, model)
-    return new_streamed_job(principal, model, COMPLETIONS, req, raw, prefix="cmpl",
+    return new_streamed_job(principal, model, COMPLETIONS, req, raw,
                             defaults={"max_tokens": min(DEFAULT_MAX_TOKENS, model.limits.max_tokens)},
                             idempotency_key=idempotency_key, metadata=metadata, webhook_url=webhook_url)
 
 
-async def completions(request: Request) -> Response | SSEResponse:
-    return await serve_endpoint(request, COMPLETIONS, prepare_completion, TextChunkWriter, TextCompletionAssembler)
+ENDPOINT = Endpoint(
+    spec=endpoints.COMPLETIONS, prepare=prepare_completion, writer=TextChunkWriter,
+    assembler=TextCompletionAssembler,
+    operation=generation_operation("completions", "Create a text completion (legacy; a durable job)",
+                                   "CompletionRequest", "TextCompletion", "TextCompletion",
+                                   "a `text/event-stream` of `text_completion` chunks ending with `data: [DONE]`."))

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
-
 from gatekeeping.auth import Principal
-from proxy.http.sse import SSEResponse
+from proxy.endpoints.endpoint import Endpoint
+from proxy.http.operations import JOB_ID_HEADER, json_content, json_job_operation, ok
 from proxy.jobs.render import ResultAssembler, ResultWriter
 from schemas.errors import InvalidRequest
 from proxy.endpoints.params import engine_body
 from proxy.jobs.results import stored_result
 from proxy.runtime import Runtime
 from proxy.jobs.prepare import PreparedJob, convert_request, find_model, new_job
-from proxy.jobs.run import serve_endpoint
+from schemas import endpoints
 from schemas.jobs import EMBEDDINGS_ENDPOINT
 from schemas.openai import EmbeddingRequest
 
@@ -67,9 +65,12 @@ def prepare_embedding(rt: Runtime, principal: Principal, raw: dict[str, Any], id
         if spec.reduce == "truncate":
             body.pop("dimensions")
             options["truncate_dimensions"] = req.dimensions
-    return new_job(principal, model, EMBEDDINGS, req, raw, body, prefix="embd", idempotency_key=idempotency_key,
+    return new_job(principal, model, EMBEDDINGS, req, raw, body, idempotency_key=idempotency_key,
                    metadata=metadata, webhook_url=webhook_url, options=options)
 
 
-async def embeddings(request: Request) -> Response | SSEResponse:
-    return await serve_endpoint(request, EMBEDDINGS, prepare_embedding, ResultWriter, ResultAssembler, stored_result)
+ENDPOINT = Endpoint(
+    spec=endpoints.EMBEDDINGS, prepare=prepare_embedding, writer=ResultWriter, assembler=ResultAssembler,
+    respond=stored_result,
+    operation=json_job_operation("embeddings", "Create embeddings (a job)", "EmbeddingRequest",
+                                 ok("The vectors, in input order.", json_content("EmbeddingList"), JOB_ID_HEADER)))

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
 from proxy.runtime import Runtime
+from schemas.resources import Health, Readiness
+
+_HEALTHY = msgspec.json.encode(Health(status="ok"))
 
 
-async def healthz(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
+async def healthz(request: Request) -> Response:
+    return Response(_HEALTHY, media_type="application/json")
 
 
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     checks: dict[str, str] = {}
     try:
@@ -40,5 +44,5 @@ async def readyz(request: Request) -> JSONResponse:
     if rt.settler is not None:
         checks["settler"] = "ok" if not rt.settler.done() else "failed: stopped"
     failed = [k for k, v in checks.items() if v != "ok"]
-    return JSONResponse({"status": "ready" if not failed else "not_ready", "checks": checks,
-                         "failed": failed}, status_code=200 if not failed else 503)
+    body = Readiness(status="ready" if not failed else "not_ready", checks=checks, failed=failed)
+    return Response(msgspec.json.encode(body), status_code=200 if not failed else 503, media_type="application/json")

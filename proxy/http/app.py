@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.routing import Route, WebSocketRoute
 
 from gatekeeping.auth import KeyRing
 from proxy.config import ProxySettings
@@ -16,19 +15,9 @@ from schemas.errors import APIError
 from proxy.http.errors import EVENTS_ERRORS, handle_api_error, handle_http_exception, handle_unexpected
 from proxy.http.middleware import AuthMiddleware, HeaderLimitMiddleware, RequestIdMiddleware
 from proxy.http.openapi import openapi_endpoint
+from proxy.http.routes import routes as all_routes
 from proxy.runtime import Runtime
-from proxy.http.telemetry import TelemetryMiddleware, metrics_endpoint
-from proxy.endpoints.audio import speech, transcriptions, translations
-from proxy.endpoints.chat import chat_completions
-from proxy.endpoints.completions import completions
-from proxy.endpoints.embeddings import embeddings
-from proxy.endpoints.health import healthz, readyz
-from proxy.jobs.api import cancel, create_job, events, get_job, list_all, result
-from proxy.endpoints.admin import ROUTES as ADMIN_ROUTES
-from proxy.endpoints.codec import ROUTES as CODEC_ROUTES
-from proxy.endpoints.models import get_model, list_models
-from proxy.jobs.ws import websocket_endpoint
-from proxy.endpoints.ui import ROUTES as UI_ROUTES
+from proxy.http.telemetry import TelemetryMiddleware
 
 
 def create_app(settings: ProxySettings, runtime: Runtime | None = None) -> Starlette:
@@ -47,30 +36,7 @@ def create_app(settings: ProxySettings, runtime: Runtime | None = None) -> Starl
             await started.close()
 
     keys = KeyRing(settings.api_keys)
-    routes = [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/completions", completions, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
-        Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
-        Route("/v1/audio/translations", translations, methods=["POST"]),
-        Route("/v1/audio/speech", speech, methods=["POST"]),
-        Route("/v1/jobs", create_job, methods=["POST"]),
-        Route("/v1/jobs", list_all, methods=["GET"]),
-        Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
-        Route("/v1/jobs/{job_id}/events", events, methods=["GET"]),
-        Route("/v1/jobs/{job_id}/result", result, methods=["GET"]),
-        Route("/v1/jobs/{job_id}/cancel", cancel, methods=["POST"]),
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
-        WebSocketRoute("/v1/ws", websocket_endpoint),
-        *ADMIN_ROUTES,
-        *CODEC_ROUTES,
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
-        *UI_ROUTES,
-    ]
+    routes = all_routes(openapi_endpoint)
     app = Starlette(
         routes=routes,
         middleware=[Middleware(TelemetryMiddleware),  # outermost: its span covers the access log line

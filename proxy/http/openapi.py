@@ -19,7 +19,6 @@ from starlette.routing import Route, WebSocketRoute
 from proxy.http.operations import (
     ERROR_TEXT,
     REF,
-    described_operations,
     error_responses,
     json_content,
     ok,
@@ -38,26 +37,26 @@ from schemas.openai import (
     ModelList,
     TextCompletion,
 )
-from schemas.resources import AdminList, Health, JobList, JobView, Readiness
+from schemas.files import FileDeleted, FileList, FileObject
+from schemas.fine_tuning import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobCreate, FineTuningJobEvent
+from schemas.batches import Batch, BatchCreate, BatchList
+from schemas.responses import Response as ResponseObject, ResponsesRequest
+from schemas.resources import AdminList, Health, JobCreate, JobList, JobView, Readiness
+from schemas.tenancy import KeyCreate, KeyRecord, Tenant, TenantCreate, TenantUpdate
 
 OPENAPI_VERSION = "3.1.0"
 UNDOCUMENTED = "x-switchyard-undocumented"
 
 
 def _structs() -> list[type]:
-    from proxy.jobs.api import JobCreate
-
     found: list[type] = [ChatCompletionRequest, ChatCompletion, ChatCompletionChunk, CompletionRequest,
                          TextCompletion, EmbeddingRequest, EmbeddingList, ErrorEnvelope, Model, ModelList,
                          JobCreate, JobView, JobList, Health, Readiness, AdminList, SpeechRequest,
-                         TranscriptionJSON, VerboseTranscription]
-    try:
-        from proxy.endpoints.admin import KeyCreate, TenantCreate, TenantUpdate
-        from schemas.tenancy import KeyRecord, Tenant
-
-        found += [TenantCreate, TenantUpdate, KeyCreate, Tenant, KeyRecord]
-    except ImportError:  # the admin API is optional
-        pass
+                         TranscriptionJSON, VerboseTranscription, FileObject, FileList, FileDeleted,
+                         Batch, BatchList, BatchCreate,
+                         ResponsesRequest, ResponseObject, FineTuningJobCreate, FineTuningJob,
+                         FineTuningJobEvent, FineTuningJobCheckpoint]
+    found += [TenantCreate, TenantUpdate, KeyCreate, Tenant, KeyRecord]
     return found
 
 
@@ -90,7 +89,9 @@ def _routes(routes: list[Any]) -> list[tuple[str, str]]:
 
 
 def build_openapi(routes: list[Any], version: str = "0.1.0") -> dict[str, Any]:
-    described = described_operations()
+    from proxy.http.routes import operations
+
+    described = operations()
     paths: dict[str, dict[str, Any]] = {}
     for method, path in _routes(routes):
         op = dict(described.get((method, path)) or _undocumented(method, path))
@@ -113,8 +114,9 @@ def build_openapi(routes: list[Any], version: str = "0.1.0") -> dict[str, Any]:
                  "license": {"name": "Proprietary", "identifier": "LicenseRef-Proprietary"}},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
-        "tags": [{"name": t} for t in ("chat", "completions", "embeddings", "jobs", "models", "websocket",
-                                        "admin", "operations")],
+        "tags": [{"name": t} for t in ("chat", "completions", "embeddings", "audio", "responses", "files",
+                                        "batches", "fine-tuning", "jobs", "models", "websocket", "admin",
+                                        "operations")],
         "paths": paths,
         "components": {
             "schemas": components,

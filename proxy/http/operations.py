@@ -79,7 +79,7 @@ ACCEPTED = ok("The job was accepted (`Prefer: respond-async`); poll its `Locatio
                 "Preference-Applied": _hdr("`respond-async`.")})
 
 
-def _generation(tag: str, summary: str, request: str, result: str, chunk: str, stream_text: str) -> dict:
+def generation_operation(tag: str, summary: str, request: str, result: str, chunk: str, stream_text: str) -> dict:
     return {
         "tags": [tag], "summary": summary,
         "parameters": [IDEMPOTENCY, PREFER],
@@ -113,7 +113,7 @@ TRANSCRIPTION_FORM = {"multipart/form-data": {"schema": {
     }}}}
 
 
-def _audio_in(summary: str) -> dict[str, Any]:
+def audio_in_operation(summary: str) -> dict[str, Any]:
     text = {"text/plain": {"schema": {"type": "string", "description": "`text`, `srt` or `vtt`."}}}
     return {
         "tags": ["audio"], "summary": summary, "parameters": [IDEMPOTENCY, PREFER],
@@ -126,42 +126,31 @@ def _audio_in(summary: str) -> dict[str, Any]:
     }
 
 
+CHAT_STREAM = ("a `text/event-stream` of `chat.completion.chunk` events, each with `id: <seq>`; "
+               "`stream_options.include_usage` adds a chunk with `choices: []` and `usage`; it ends "
+               "with `data: [DONE]`. Idle streams get `: keep-alive` comments. After the first byte an "
+               "error is sent in-band as `data: {\"error\": {...}}` then `data: [DONE]`.")
+
+
+JOB_ID_HEADER = {"x-job-id": _hdr("The job's id.")}
+JOB_ERRORS = (400, 401, 403, 404, 409, 413, 429, 503)
+
+
+def json_job_operation(tag: str, summary: str, request: str, result: dict[str, Any],
+                       statuses: tuple[int, ...] = JOB_ERRORS) -> dict[str, Any]:
+    """A job endpoint taking a JSON body and answering with `result` (a `200` response object)."""
+    return {
+        "tags": [tag], "summary": summary,
+        "parameters": [IDEMPOTENCY, PREFER],
+        "requestBody": {"required": True, "content": json_content(request)},
+        "responses": {"200": result, "202": ACCEPTED, **error_responses(*statuses)},
+    }
+
+
 def described_operations() -> dict[tuple[str, str], dict[str, Any]]:
-    chat_stream = ("a `text/event-stream` of `chat.completion.chunk` events, each with `id: <seq>`; "
-                   "`stream_options.include_usage` adds a chunk with `choices: []` and `usage`; it ends "
-                   "with `data: [DONE]`. Idle streams get `: keep-alive` comments. After the first byte an "
-                   "error is sent in-band as `data: {\"error\": {...}}` then `data: [DONE]`.")
+    """The operations of the routes that are not job endpoints (those are in proxy/endpoints/)."""
     admin = ["admin"]
     return {
-        ("POST", "/v1/chat/completions"): _generation(
-            "chat", "Create a chat completion (a durable job)", "ChatCompletionRequest", "ChatCompletion",
-            "ChatCompletionChunk", chat_stream),
-        ("POST", "/v1/completions"): _generation(
-            "completions", "Create a text completion (legacy; a durable job)", "CompletionRequest",
-            "TextCompletion", "TextCompletion",
-            "a `text/event-stream` of `text_completion` chunks ending with `data: [DONE]`."),
-        ("POST", "/v1/embeddings"): {
-            "tags": ["embeddings"], "summary": "Create embeddings (a job)",
-            "parameters": [IDEMPOTENCY, PREFER],
-            "requestBody": {"required": True, "content": json_content("EmbeddingRequest")},
-            "responses": {"200": ok("The vectors, in input order.", json_content("EmbeddingList"),
-                                     {"x-job-id": _hdr("The job's id.")}),
-                          "202": ACCEPTED, **error_responses(400, 401, 403, 404, 409, 413, 429, 503)},
-        },
-        ("POST", "/v1/audio/transcriptions"): _audio_in("Transcribe audio (a job)"),
-        ("POST", "/v1/audio/translations"): _audio_in("Translate audio into English text (a job)"),
-        ("POST", "/v1/audio/speech"): {
-            "tags": ["audio"], "summary": "Text to speech (a job), streamed as it is made",
-            "parameters": [IDEMPOTENCY, PREFER],
-            "requestBody": {"required": True, "content": json_content("SpeechRequest")},
-            "responses": {"200": ok("The audio file, sent as the engine produces it (chunked). A failure "
-                                     "after the first bytes cuts the body short.",
-                                     {t: {"schema": {"type": "string", "format": "binary"}}
-                                      for t in ("audio/mpeg", "audio/ogg", "audio/aac", "audio/flac",
-                                                "audio/wav", "audio/pcm")},
-                                     {"x-job-id": _hdr("The job's id.")}),
-                          "202": ACCEPTED, **error_responses(400, 401, 403, 404, 409, 429, 503)},
-        },
         ("POST", "/v1/jobs"): {
             "tags": ["jobs"], "summary": "Create a job for an OpenAI endpoint's body",
             "parameters": [IDEMPOTENCY],
@@ -304,6 +293,28 @@ def described_operations() -> dict[tuple[str, str], dict[str, Any]]:
             "responses": {"200": ok(f"The {verb}d payloads.", json_content(_PAYLOADS)),
                           **error_responses(400, 401, 403, 413)},
         } for verb in ("decode", "encode")},
+        ("POST", "/admin/models/{model}/rollouts"): {
+            "tags": admin, "summary": "Roll an alias out to a new model version (operator admin keys only)",
+            "description": "Starts a RolloutWorkflow: deploy (optional) -> verify -> canary -> flip (one "
+                           "compare-and-set in NATS KV) -> monitor; a breach flips the alias back. Body: `to` "
+                           "(a model id) or `deploy`, `verify`, `canary_percent`, `canary_s`, `monitor`, `tenant`.",
+            "parameters": [parameter("model", "path", "The alias clients use (may contain `/`).")],
+            "requestBody": {"required": True, "content": json_content({"type": "object"})},
+            "responses": {"202": ok("The rollout started.", json_content({"type": "object"})),
+                          **error_responses(400, 401, 403, 404, 409, 413)},
+        },
+        ("POST", "/admin/models/{model}/rollback"): {
+            "tags": admin, "summary": "Put an alias back on its previous version now (operator admin keys only)",
+            "parameters": [parameter("model", "path", "The alias (may contain `/`).")],
+            "responses": {"200": ok("The alias's state after the rollback.", json_content({"type": "object"})),
+                          **error_responses(400, 401, 403, 404, 409)},
+        },
+        ("GET", "/admin/models/{model}"): {
+            "tags": admin, "summary": "An alias's versions, status and rollout, or a model's catalog entry",
+            "parameters": [parameter("model", "path", "An alias or model id (may contain `/`).")],
+            "responses": {"200": ok("The alias or model.", json_content({"type": "object"})),
+                          **error_responses(401, 403, 404)},
+        },
         ("GET", "/admin/usage"): {
             "tags": admin, "summary": "A tenant's usage against its limits",
             "parameters": [parameter("tenant", "query", "A tenant id (operators: any; others: their own).")],

@@ -11,43 +11,25 @@ from starlette.responses import Response
 
 from gatekeeping.auth import Principal
 from proxy.http.body import read_json_body
-from proxy.jobs.render import ChunkWriter, assembler_for, terminal_error, writer_for
+from proxy.jobs.render import ChunkWriter, terminal_error
 from schemas.errors import APIError, InvalidRequest, NotFound, ServiceUnavailable
+from schemas.resources import JobCreate, JobList, Webhook
 from proxy.jobs.store import (Job, JobView, ScanBudget, etag_of, list_jobs, load_job,
                         release_admission)
 from proxy.jobs.relay import EventFeed, parse_event_id
-from proxy.jobs.run import JobRun
+from proxy.jobs.run import JobRun, json_response
 from proxy.runtime import Runtime
-from proxy.endpoints.audio import SPEECH, prepare_speech
-from proxy.endpoints.chat import CHAT, prepare_chat
-from proxy.endpoints.completions import COMPLETIONS, prepare_completion
+from proxy.endpoints.registry import JOB_ENDPOINTS, creatable, endpoint_of
 from gatekeeping.readlimits import read_limited, stream_limited
-from proxy.jobs.results import result_events, stored_result
-from proxy.endpoints.embeddings import EMBEDDINGS, prepare_embedding
+from proxy.jobs.results import result_events
 from proxy.http.sse import CHUNK, KEEPALIVE, LIFECYCLE, Part, SSEResponse, frame_id, render, resume_seq
 from orchestration.webhooks import WebhookTargetError, check_target, parse_secret
+from orchestration.model_registry import CatalogView
 from schemas.catalog import Catalog
 from schemas.events import (JOB_CANCELLED, JOB_FAILED, JOB_RESTARTED, JOB_RUNNING, JOB_SUCCEEDED, Cancelled, Delta,
                             Failed, Finished, JobEvent, Restarted, Started)
-from schemas.jobs import TRANSCRIPTIONS_ENDPOINT, TRANSLATIONS_ENDPOINT
 
 _encoder = msgspec.json.Encoder()
-PREPARE = {CHAT: prepare_chat, COMPLETIONS: prepare_completion, EMBEDDINGS: prepare_embedding,
-           SPEECH: prepare_speech}
-ENDPOINTS = tuple(PREPARE)
-JOB_ENDPOINTS = (*ENDPOINTS, TRANSCRIPTIONS_ENDPOINT, TRANSLATIONS_ENDPOINT)  # every memo.endpoint
-
-
-class Webhook(msgspec.Struct, forbid_unknown_fields=True):
-    url: str
-    secret: str
-
-
-class JobCreate(msgspec.Struct):
-    endpoint: str
-    body: dict[str, Any]
-    metadata: dict[str, str] = {}
-    webhook: Webhook | None = None
 
 
 async def _check_webhook(rt: Runtime, webhook: Webhook) -> None:
@@ -79,20 +61,19 @@ async def create_job(request: Request) -> Response:
     except msgspec.ValidationError as exc:
         param = str(exc).rsplit("`$.", 1)[1].rstrip("`") if "`$." in str(exc) else None
         raise InvalidRequest(f"Invalid job: {str(exc).split(' - at ')[0]}", param=param) from None
-    if spec.endpoint not in ENDPOINTS:
-        raise InvalidRequest(f"Unsupported endpoint '{spec.endpoint}'. Supported: {', '.join(ENDPOINTS)}.",
-                             param="endpoint", code="unsupported_endpoint")
+    prepare = creatable(spec.endpoint).prepare
+    assert prepare is not None
     if len(spec.metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in spec.metadata.items()):
         raise InvalidRequest("metadata takes at most 16 keys of 64 characters, values of 512.", param="metadata")
     if spec.webhook is not None:
         await _check_webhook(rt, spec.webhook)
-    chat = PREPARE[spec.endpoint](rt, request.state.principal, spec.body, request.headers.get("idempotency-key"),
-                                  spec.metadata, spec.webhook.url if spec.webhook else "")
-    run = JobRun(rt, request, chat)
+    job = prepare(rt, request.state.principal, spec.body, request.headers.get("idempotency-key"),
+                  spec.metadata, spec.webhook.url if spec.webhook else "")
+    run = JobRun(rt, request, job)
     await run.admit()
     if spec.webhook is not None:
         try:
-            await rt.webhook_secrets.put(chat.job_id, spec.webhook.secret.encode())
+            await rt.webhook_secrets.put(job.job_id, spec.webhook.secret.encode())
         except Exception:
             await release_admission(rt, run.job.inp)
             raise ServiceUnavailable("The webhook secret could not be stored; please retry.",
@@ -100,7 +81,7 @@ async def create_job(request: Request) -> Response:
     return await run.start_in_background(prefer_applied=False)
 
 
-def scope_clause(principal: Principal, catalog: Catalog) -> str | None:
+def scope_clause(principal: Principal, catalog: Catalog | CatalogView) -> str | None:
     """The visibility clause keeping a listing to the key's endpoint and model globs (expanded over the
     job endpoints and the catalog): "" for a key that sees every job, None for one that sees none."""
     clause = ""
@@ -160,20 +141,19 @@ async def cancel(request: Request) -> Response:
 async def result(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     job = await _job(request)
-    chunks = writer_for(job.memo.endpoint, job.view.id, job.memo.model, job.memo.created, False)
-    assembler = assembler_for(job.memo.endpoint, chunks)
+    endpoint = endpoint_of(job.memo.endpoint)
+    chunks = endpoint.chunk_writer(job.view.id, job.memo.model, job.memo.created, False)
+    assembler = endpoint.assembler(chunks)
     # The result is there once its event is, a moment before the workflow itself closes.
     events = await result_events(rt, job.view.id, job.memo.endpoint)
     if not job.view.finished and not any(isinstance(e, Finished) for e in events):
         raise APIError(f"Job '{job.view.id}' has not finished (status: {job.view.status}).", status=409,
                        type="invalid_request_error", code="job_not_finished", headers={"retry-after": "1"})
+    respond = endpoint.respond or json_response
     for event in events:
         completion = assembler.add(event)
-        if isinstance(completion, Finished):  # the result is an object in the store
-            return await stored_result(rt, completion, {"x-job-id": job.view.id})
         if completion is not None:
-            return Response(_encoder.encode(completion), media_type="application/json",
-                            headers={"x-job-id": job.view.id})
+            return await respond(rt, completion, {"x-job-id": job.view.id})
     if job.view.error is not None:
         raise APIError(job.view.error.message, status=503 if job.view.error.code == "no_capacity" else 500,
                        type=job.view.error.type, code=job.view.error.code)
@@ -210,8 +190,8 @@ async def list_all(request: Request) -> Response:
         if len(views) == limit or not has_more or not ids:
             break
         after = ids[-1]
-    body = {"object": "list", "data": views, "has_more": has_more,
-            "first_id": views[0].id if views else None, "last_id": views[-1].id if views else None}
+    body = JobList(data=views, has_more=has_more, first_id=views[0].id if views else None,
+                   last_id=views[-1].id if views else None)
     return Response(_encoder.encode(body), media_type="application/json")
 
 
@@ -221,7 +201,8 @@ async def events(request: Request) -> SSEResponse:
     job = await _job(request)
     after_id = parse_event_id(request.headers.get("last-event-id") or request.query_params.get("after") or "0")
     feed = await EventFeed.open(rt.js, job.view.id, after_seq=resume_seq(after_id))
-    chunks = writer_for(job.memo.endpoint, job.view.id, job.memo.model, job.memo.created, True, after_id)
+    chunks = endpoint_of(job.memo.endpoint).chunk_writer(job.view.id, job.memo.model, job.memo.created, True,
+                                                         after_id)
     return SSEResponse(_job_stream(feed, chunks, rt.settings.keepalive_s, job.view),
                        {"x-job-id": job.view.id}, on_close=feed.close)
 

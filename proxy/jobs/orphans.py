@@ -21,7 +21,7 @@ from nats.js.kv import KeyValue
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from orchestration.objectstore import ObjectStore
+from orchestration.objectstore import FILES_PREFIX, ObjectStore
 from orchestration.streams import ensure_kv
 
 log = structlog.get_logger("switchyard.orphans")
@@ -50,6 +50,8 @@ async def sweep_orphans(store: ObjectStore, job_state: JobState, ttl_s: float, n
     old: dict[str, list[str]] = {}
     async for obj in store.list_objects():
         job_id, _, name = obj.key.partition("/")
+        if job_id == FILES_PREFIX:  # the Files API's objects: kept until their owner deletes them
+            continue
         if name.startswith(INPUT_NAMES) and "/" not in name and obj.modified < cutoff:
             old.setdefault(job_id, []).append(obj.key)
     deleted = 0

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import msgspec
 
+from orchestration.model_registry import CatalogView
 from proxy.jobs.prepare import PreparedJob
 from schemas.catalog import Catalog, ModelEntry
 from schemas.jobs import CHAT_ENDPOINT, InferenceInput, PipelineStep
 
 
-def stage_models(catalog: Catalog, model: ModelEntry) -> list[ModelEntry]:
+def stage_models(catalog: Catalog | CatalogView, model: ModelEntry) -> list[ModelEntry]:
     """The models a pipeline's stages run on (the catalog checked they exist when it was loaded)."""
     found = [catalog.get(stage.model) for stage in model.pipeline]
     assert all(m is not None for m in found)
     return found  # type: ignore[return-value]
 
 
-def as_pipeline(catalog: Catalog, job: PreparedJob) -> PreparedJob:
+def as_pipeline(catalog: Catalog | CatalogView, job: PreparedJob) -> PreparedJob:
     """The prepared job of a pipeline model, its workflow input spelling out every stage."""
     model = job.model
     if not model.pipeline:

@@ -11,28 +11,17 @@ from typing import Any, Callable, TypeVar
 import msgspec
 
 from adapters.registry import engine_capabilities
-from gatekeeping.admission import require_scopes
+from gatekeeping.admission import require_owner, require_scopes
 from gatekeeping.auth import Principal
 from proxy.endpoints.params import engine_body
 from proxy.jobs.store import JobMemo, body_hash, new_job_id
 from proxy.runtime import Runtime
 from schemas.catalog import ModelEntry
 from schemas.errors import InvalidRequest, NotFound
-from schemas.jobs import (
-    CHAT_ENDPOINT,
-    COMPLETIONS_ENDPOINT,
-    EMBEDDINGS_ENDPOINT,
-    SPEECH_ENDPOINT,
-    TRANSCRIPTIONS_ENDPOINT,
-    TRANSLATIONS_ENDPOINT,
-    InferenceInput,
-    WorkflowInput,
-)
+from schemas.endpoints import spec_of
+from schemas.jobs import InferenceInput, WorkflowInput
 
 T = TypeVar("T")
-# What an endpoint needs of the model's engine (adapters.base capability names).
-CAPABILITY = {CHAT_ENDPOINT: "chat", COMPLETIONS_ENDPOINT: "completions", EMBEDDINGS_ENDPOINT: "embeddings",
-              TRANSCRIPTIONS_ENDPOINT: "asr", TRANSLATIONS_ENDPOINT: "asr", SPEECH_ENDPOINT: "tts"}
 
 
 def convert_request(raw: dict[str, Any], kind: type[T]) -> T:
@@ -73,7 +62,7 @@ def find_model(rt: Runtime, name: str, endpoint: str) -> ModelEntry:
     if model is None:
         raise NotFound(f"The model '{name}' does not exist or you do not have access to it.",
                        param="model", code="model_not_found")
-    need = CAPABILITY[endpoint]
+    need = spec_of(endpoint).capability
     entry = rt.catalog.get(model.pipeline[0].model) if model.pipeline else model  # a pipeline takes what its first stage takes
     if entry is None or entry.engine is None or need not in engine_capabilities(entry.engine):
         raise InvalidRequest(f"The model '{name}' does not support {endpoint} ({need}).",
@@ -91,7 +80,9 @@ def check_access(rt: Runtime, principal: Principal, endpoint: str, name: str | N
     scopes (403/404, as admission answers them) and the model's existence and capability."""
     require_scopes(principal, endpoint)
     if name is not None:
-        require_scopes(principal, endpoint, find_model(rt, name, endpoint).id)
+        model = find_model(rt, name, endpoint)
+        require_owner(principal, model, name)
+        require_scopes(principal, endpoint, model.id)
 
 
 class PreparedJob(msgspec.Struct):
@@ -110,14 +101,14 @@ class PreparedJob(msgspec.Struct):
 
 
 def new_job(principal: Principal, model: ModelEntry, endpoint: str, request: Any, raw: dict[str, Any],
-            body: dict[str, Any], *, prefix: str, stream: bool = False, include_usage: bool = False,
+            body: dict[str, Any], *, stream: bool = False, include_usage: bool = False,
             idempotency_key: str | None = None, metadata: dict[str, str] | None = None,
             webhook_url: str = "", options: dict[str, Any] | None = None) -> PreparedJob:
     """The job's id, workflow input and memo. `raw` is the client's body (for idempotency), `body`
     what the engine gets."""
     if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
         raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
-    job_id = new_job_id(principal.tenant, idempotency_key, uuid.uuid4().hex, prefix)
+    job_id = new_job_id(principal.tenant, idempotency_key, uuid.uuid4().hex, spec_of(endpoint).id_prefix)
     created = int(time.time())
     inp = WorkflowInput(
         inference=InferenceInput(job_id=job_id, model=model.id, endpoint=endpoint, body=body,
@@ -131,7 +122,7 @@ def new_job(principal: Principal, model: ModelEntry, endpoint: str, request: Any
 
 
 def new_streamed_job(principal: Principal, model: ModelEntry, endpoint: str, request: Any, raw: dict[str, Any],
-                     *, prefix: str, defaults: dict[str, Any] | None = None, **job: Any) -> PreparedJob:
+                     *, defaults: dict[str, Any] | None = None, **job: Any) -> PreparedJob:
     """A job whose request may stream: `stream` and `stream_options` are the proxy's business (the
     adapter always streams from the engine); `defaults` fill the engine body's missing fields."""
     include_usage = bool(request.stream and request.stream_options and request.stream_options.include_usage)
@@ -139,7 +130,7 @@ def new_streamed_job(principal: Principal, model: ModelEntry, endpoint: str, req
     for name, value in (defaults or {}).items():
         if body.get(name) is None:
             body[name] = value
-    return new_job(principal, model, endpoint, request, raw, body, prefix=prefix, stream=request.stream,
+    return new_job(principal, model, endpoint, request, raw, body, stream=request.stream,
                    include_usage=include_usage, **job)
 
 

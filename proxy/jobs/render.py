@@ -15,13 +15,6 @@ from schemas.errors import APIError
 from proxy.http.errors import envelope_bytes
 from proxy.http.sse import CHUNK, DONE_DATA, END, USAGE, Part, render
 from schemas.events import Cancelled, Delta, Failed, Finished, JobEvent, Restarted, Started
-from schemas.jobs import (
-    COMPLETIONS_ENDPOINT,
-    EMBEDDINGS_ENDPOINT,
-    SPEECH_ENDPOINT,
-    TRANSCRIPTIONS_ENDPOINT,
-    TRANSLATIONS_ENDPOINT,
-)
 from schemas.openai import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -219,19 +212,3 @@ class SpeechWriter(ResultWriter):
         usage = {"input_tokens": event.usage.prompt_tokens, "output_tokens": 0,
                  "total_tokens": event.usage.prompt_tokens}
         return [(CHUNK, None, _encoder.encode({"type": "speech.audio.done", "usage": usage}))]
-
-
-RESULT_ENDPOINTS = (EMBEDDINGS_ENDPOINT, TRANSCRIPTIONS_ENDPOINT, TRANSLATIONS_ENDPOINT, SPEECH_ENDPOINT)
-
-
-def writer_for(endpoint: str, job_id: str, model: str, created: int, include_usage: bool,
-               after_id: int = -1) -> ChunkWriter:
-    kind = {COMPLETIONS_ENDPOINT: TextChunkWriter, SPEECH_ENDPOINT: SpeechWriter,
-            **{e: ResultWriter for e in RESULT_ENDPOINTS[:3]}}.get(endpoint, ChunkWriter)
-    return kind(job_id, model, created, include_usage, after_id)
-
-
-def assembler_for(endpoint: str, chunks: ChunkWriter) -> CompletionAssembler:
-    kind = {COMPLETIONS_ENDPOINT: TextCompletionAssembler,
-            **{e: ResultAssembler for e in RESULT_ENDPOINTS}}.get(endpoint, CompletionAssembler)
-    return kind(chunks)

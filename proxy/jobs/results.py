@@ -8,7 +8,7 @@ from starlette.responses import Response, StreamingResponse
 
 from orchestration.objectstore import ObjectNotFound
 from orchestration.streams import TooManyEvents, last_event, read_events
-from proxy.jobs.render import RESULT_ENDPOINTS
+from schemas.endpoints import spec_of
 from schemas.errors import APIError
 from proxy.runtime import Runtime
 from schemas.audio import SPEECH_MEDIA_TYPES, TRANSCRIPT_MEDIA_TYPES
@@ -41,7 +41,7 @@ async def result_events(rt: Runtime, job_id: str, endpoint: str) -> list[JobEven
     """The job's events for `/result`, at most `SWITCHYARD_RESULT_MAX_EVENTS` of them and
     `SWITCHYARD_RESULT_MAX_BYTES` in all; a larger job is read from its event stream instead (413).
     A stored result needs only the job's terminal event (a speech job's audio deltas are not read)."""
-    if endpoint in RESULT_ENDPOINTS:
+    if spec_of(endpoint).stored_result:
         last = await last_event(rt.js, job_id)
         if last is not None and is_terminal(last):
             return [last]

@@ -21,10 +21,12 @@ from proxy.http.body import decode_json_object, peek_model, read_body
 from proxy.http.errors import envelope_bytes
 from proxy.http.sse import CHUNK, DONE_DATA, END, KEEPALIVE, SSEResponse, render
 from proxy.jobs.admit import admit_job
-from proxy.jobs.prepare import Prepare, PreparedJob, check_access
+from proxy.endpoints.endpoint import Endpoint
+from proxy.jobs.prepare import PreparedJob, check_access
 from proxy.jobs.relay import EventFeed, first_batch
 from proxy.jobs.render import ChunkWriter, CompletionAssembler, terminal_error
 from proxy.jobs.store import accepted_response, cancel_job, goes_direct, prefers_async, start_job
+from gatekeeping.auth import Principal
 from proxy.runtime import Runtime
 from schemas.errors import ServiceUnavailable
 from schemas.events import Cancelled, Failed, JobEvent, Restarted, Started
@@ -40,31 +42,34 @@ async def json_response(rt: Runtime, result: Any, headers: dict[str, str]) -> Re
     return Response(_encoder.encode(result), media_type="application/json", headers=headers)
 
 
-async def serve_endpoint(request: Request, endpoint: str, prepare: Prepare, writer: type[ChunkWriter],
-                         assembler: type[CompletionAssembler],
-                         respond: Respond = json_response) -> Response | SSEResponse:
+async def serve_endpoint(request: Request, endpoint: Endpoint) -> Response | SSEResponse:
     """An OpenAI endpoint: read the body, prepare the job, run it. What can be refused from the key
     and the body's `model` alone is refused before the body is decoded."""
     rt: Runtime = request.app.state.runtime
     principal = request.state.principal
-    check_access(rt, principal, endpoint, None)
+    assert endpoint.prepare is not None, f"{endpoint.path} has a handler of its own"
+    check_access(rt, principal, endpoint.path, None)
     data = await read_body(request, rt.settings.max_body_bytes)
-    check_access(rt, principal, endpoint, peek_model(data))
-    job = prepare(rt, principal, decode_json_object(data), request.headers.get("idempotency-key"))
-    chunks = writer(job.job_id, job.model.id, job.memo.created, job.memo.include_usage)
-    return await JobRun(rt, request, job).respond(chunks, assembler(chunks), respond)
+    check_access(rt, principal, endpoint.path, peek_model(data))
+    job = endpoint.prepare(rt, principal, decode_json_object(data), request.headers.get("idempotency-key"))
+    chunks = endpoint.chunk_writer(job.job_id, job.model.id, job.memo.created, job.memo.include_usage)
+    return await JobRun(rt, request, job).respond(chunks, endpoint.assembler(chunks),
+                                                  endpoint.respond or json_response)
 
 
 class JobRun:
     """One job for one request. The collaborators that reach Temporal and NATS are parameters so
     its branches are tested against fakes (tests/test_job_run.py)."""
 
-    def __init__(self, rt: Runtime, request: Request, job: PreparedJob, *,
+    def __init__(self, rt: Runtime, request: Request | None, job: PreparedJob, *,
+                 principal: Principal | None = None,
                  start: Callable[..., Awaitable[bool]] = start_job,
                  open_feed: Callable[..., Awaitable[EventFeed]] = EventFeed.open,
                  cancel: Callable[[Runtime, str], Awaitable[Any]] = cancel_job,
                  moving: Callable[[Runtime, str], Awaitable[bool]] | None = None) -> None:
-        self.rt, self.request, self.job = rt, request, job
+        self.rt, self.job = rt, job
+        self._request = request  # None over the WebSocket
+        self._principal = principal
         self.headers = {"x-job-id": job.job_id}
         self.feed: EventFeed | None = None
         self._start, self._open_feed, self._cancel = start, open_feed, cancel
@@ -73,7 +78,8 @@ class JobRun:
         # the job's own no_capacity ending.
         self.queue_grace_s = ADOPT_SCHEDULE_TO_START_S + QUEUE_GRACE_S
         self._first: asyncio.Future[list[JobEvent]] | None = None
-        request.state.model, request.state.job_id = job.model.id, job.job_id
+        if request is not None:
+            request.state.model, request.state.job_id = job.model.id, job.job_id
 
     # ---- the whole request ------------------------------------------------------------------------
     async def respond(self, chunks: ChunkWriter, assembler: CompletionAssembler,
@@ -103,13 +109,17 @@ class JobRun:
 
     # ---- the steps --------------------------------------------------------------------------------
     async def admit(self) -> None:
-        self.job = await admit_job(self.request, self.rt, self.request.state.principal, self.job)
+        self.job = await admit_job(self._request, self.rt, self.principal, self.job)
 
     async def start_in_background(self, prefer_applied: bool = True) -> Response:
         """202 with the job object; the client follows it by id."""
+        await self.start_detached()
+        return await accepted_response(self.rt, self.job.job_id, self.job.memo.tenant, prefer_applied=prefer_applied)
+
+    async def start_detached(self) -> bool:
+        """Starts the job without following it (False: an idempotent repeat of a running one)."""
         job = self.job
-        await self._start(self.rt, job.inp, job.model, job.memo, direct=self._direct())
-        return await accepted_response(self.rt, job.job_id, job.memo.tenant, prefer_applied=prefer_applied)
+        return await self._start(self.rt, job.inp, job.model, job.memo, direct=self._direct())
 
     async def start(self) -> None:
         """Starts the job while its feed opens (subscribed before anything can be published), then
@@ -223,8 +233,19 @@ class JobRun:
             pass
 
     # ---- helpers ----------------------------------------------------------------------------------
+    @property
+    def principal(self) -> Principal:
+        return self._principal if self._principal is not None else self.request.state.principal
+
+    @property
+    def request(self) -> Request:
+        assert self._request is not None, "an HTTP request's run"
+        return self._request
+
     def _direct(self) -> bool:
-        return goes_direct(self.request.headers, self.job.memo.endpoint)
+        if self._request is None:
+            return False
+        return goes_direct(self._request.headers, self.job.memo.endpoint)
 
     def _feed(self) -> EventFeed:
         assert self.feed is not None, "start() first"

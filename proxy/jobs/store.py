@@ -38,7 +38,8 @@ from proxy.runtime import Runtime
 from proxy.http.sse import frame_id
 from schemas.catalog import ModelEntry
 from schemas.events import Cancelled, Delta, Failed, Finished
-from schemas.jobs import CHAT_ENDPOINT, COMPLETIONS_ENDPOINT, INFERENCE_WORKFLOW, Dispatch, DispatchReply, WorkflowInput
+from schemas.endpoints import spec_of
+from schemas.jobs import INFERENCE_WORKFLOW, Dispatch, DispatchReply, WorkflowInput
 from schemas.resources import JobView
 from schemas.openai import ErrorBody
 
@@ -59,11 +60,12 @@ class IdempotencyConflict(APIError):
     code = "idempotency_key_reused"
 
 
-def new_job_id(tenant: str, idempotency_key: str | None, fresh: str, prefix: str = "chatcmpl") -> str:
+def new_job_id(tenant: str, idempotency_key: str | None, fresh: str, prefix: str = "chatcmpl-") -> str:
+    """`prefix` carries its separator (schemas.endpoints.EndpointSpec.id_prefix)."""
     if not idempotency_key:
-        return f"{prefix}-{fresh}"
+        return f"{prefix}{fresh}"
     digest = hashlib.sha256(f"{tenant}\x00{idempotency_key}".encode()).hexdigest()[:32]
-    return f"{prefix}-{digest}"
+    return f"{prefix}{digest}"
 
 
 def body_hash(endpoint: str, raw: dict[str, Any]) -> str:
@@ -113,7 +115,7 @@ async def start_job(rt: Runtime, inp: WorkflowInput, model: ModelEntry, memo: Jo
 def goes_direct(headers, endpoint: str) -> bool:
     """Whether a new job's generation is offered to a worker before its workflow starts. Not with an
     Idempotency-Key: the workflow start is what tells a repeat, and it must come first."""
-    return headers.get("idempotency-key") is None and endpoint in (CHAT_ENDPOINT, COMPLETIONS_ENDPOINT)
+    return headers.get("idempotency-key") is None and spec_of(endpoint).work in ("chat", "completion", "responses")
 
 
 async def offer_run(rt: Runtime, inp: WorkflowInput) -> WorkflowInput:

@@ -22,15 +22,16 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gatekeeping.auth import Principal
 from proxy.http.body import decode_json_object
-from proxy.jobs.render import ChunkWriter, writer_for
+from proxy.jobs.render import ChunkWriter
 from schemas.errors import APIError, InvalidRequest, NotFound
-from proxy.jobs.store import cancel_job, load_job, start_job
+from proxy.jobs.store import cancel_job, load_job
 from proxy.jobs.relay import EventFeed, parse_event_id
 from proxy.http.sse import frame_id, resume_seq
-from proxy.jobs.admit import admit_job
+from proxy.jobs.run import JobRun
 from proxy.runtime import Runtime
-from proxy.endpoints.chat import CHAT
-from proxy.jobs.api import ENDPOINTS, PREPARE, lifecycle
+from proxy.endpoints.registry import JSON_ENDPOINTS, creatable, endpoint_of
+from proxy.jobs.api import lifecycle
+from schemas.jobs import CHAT_ENDPOINT
 from proxy.http.telemetry import WEBSOCKETS_CLOSED
 from schemas.events import Delta, JobEvent
 
@@ -148,18 +149,19 @@ class Session:
             raise InvalidRequest("Every message needs an 'id' (a string of 1 to 128 characters).", param="id")
         if kind == "request":
             self._free(client_id)
-            endpoint = msg.get("endpoint", CHAT)
-            if endpoint not in PREPARE:
-                raise InvalidRequest(f"Unsupported endpoint; supported: {', '.join(ENDPOINTS)}.", param="endpoint")
+            endpoint = creatable(msg.get("endpoint", CHAT_ENDPOINT))
             body = msg.get("body")
             if not isinstance(body, dict):
                 raise InvalidRequest("'body' must be an object.", param="body")
-            chat = PREPARE[endpoint](self.rt, self.principal, body, msg.get("idempotency_key"))
-            chat = await admit_job(None, self.rt, self.principal, chat)
-            await start_job(self.rt, chat.inp, chat.model, chat.memo)
-            self.jobs[client_id] = chat.job_id
-            await self.send({"type": "accepted", "id": client_id, "job_id": chat.job_id})
-            self._follow(client_id, chat.job_id, endpoint, chat.model.id, chat.memo.created, 0)
+            assert endpoint.prepare is not None
+            run = JobRun(self.rt, None, endpoint.prepare(self.rt, self.principal, body, msg.get("idempotency_key")),
+                         principal=self.principal)
+            await run.admit()
+            await run.start_detached()
+            prepared = run.job
+            self.jobs[client_id] = prepared.job_id
+            await self.send({"type": "accepted", "id": client_id, "job_id": prepared.job_id})
+            self._follow(client_id, prepared.job_id, endpoint.path, prepared.model.id, prepared.memo.created, 0)
         elif kind == "resume":
             self._free(client_id)
             job = await load_job(self.rt, str(msg.get("job_id", "")), self.principal.tenant)
@@ -177,7 +179,7 @@ class Session:
             raise InvalidRequest("'type' must be request, resume or cancel.", param="type")
 
     def _follow(self, client_id: str, job_id: str, endpoint: str, model: str, created: int, after: int) -> None:
-        chunks = writer_for(endpoint, job_id, model, created, True)
+        chunks = endpoint_of(endpoint).chunk_writer(job_id, model, created, True)
         task = asyncio.ensure_future(self._relay(client_id, job_id, chunks, after))
         self.tasks[client_id] = task
         task.add_done_callback(lambda t: self.tasks.pop(client_id) if self.tasks.get(client_id) is t else None)
@@ -226,7 +228,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
                 "param": None, "code": "invalid_api_key"}}).decode())
             await ws.close(code=4401, reason="invalid api key")
             return
-    if not any(principal.allows_endpoint(e) for e in ENDPOINTS):
+    if not any(principal.allows_endpoint(e) for e in JSON_ENDPOINTS):
         await ws.send_text(_encoder.encode({"type": "error", "id": None, "status": 403, "error": {
             "message": "This API key may not call any endpoint served over /v1/ws.",
             "type": "invalid_request_error", "param": None, "code": "forbidden"}}).decode())

@@ -19,7 +19,13 @@ verbose_json (others: 400); a language code Whisper does not know: 400 "Unsuppor
 over 25 MB: 400 "Maximum file size exceeded". verbose_json carries vLLM's quirks: `duration` a
 string, `language` the request's (null when not given), segments' avg_logprob, compression_ratio
 and no_speech_prob null, `words` null. It "hears" TRANSCRIPT (the audio must be a WAV: its length
-gives the duration). `/v1/audio/speech` (OpenAI's speech API, as vLLM-Omni serves it) streams a
+gives the duration). LoRA adapters, as vLLM's runtime LoRA API answers (serving_models.py):
+`/v1/load_lora_adapter` {lora_name, lora_path}: 200 "Success: LoRA adapter 'x' added successfully.",
+400 when one is missing or the name is loaded already, 404 when the path holds no adapter;
+`/v1/unload_lora_adapter` {lora_name}: 200, 404 for an unknown name. A chat naming an adapter
+that was unloaded: 404 "The model `x` does not exist.". `replies` sets the text per requested
+model name (to tell versions apart), `failing = True` answers every chat 503 (an injected breach),
+`served` counts chats per requested model name. `/v1/audio/speech` (OpenAI's speech API, as vLLM-Omni serves it) streams a
 deterministic tone as pcm or wav in 4 pieces; an unknown voice is a 400.
 """
 
@@ -29,6 +35,7 @@ import asyncio
 import io
 import json
 import math
+import os
 import struct
 import time
 import wave
@@ -58,10 +65,19 @@ class FakeVLLM(LoopbackServer):
         self.seen: list[str] = []  # every prompt text the engine received, to check what reached it
         self.bodies: deque[dict] = deque(maxlen=64)  # the latest chat request bodies, as received
         self.audio_forms: list[dict[str, list[str]]] = []  # the non-file fields of each audio request
+        self.replies: dict[str, str] = {}  # requested model name -> the text it streams (default REPLY)
+        self.failing = False
+        self.served: Counter[str] = Counter()
+        self.loras: dict[str, str] = {}
+        self.unloaded: set[str] = set()
+        self.responses_bodies: deque[dict] = deque(maxlen=64)  # the latest /v1/responses bodies
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                                     Route("/v1/responses", self.responses, methods=["POST"]),
                                      Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
                                      Route("/v1/audio/translations", self.translations, methods=["POST"]),
                                      Route("/v1/audio/speech", self.speech, methods=["POST"]),
+                                     Route("/v1/load_lora_adapter", self.load_lora, methods=["POST"]),
+                                     Route("/v1/unload_lora_adapter", self.unload_lora, methods=["POST"]),
                                      Route("/health", self.health)])
 
     async def health(self, request: Request) -> JSONResponse:
@@ -78,12 +94,18 @@ class FakeVLLM(LoopbackServer):
         params = dict(p.split("=", 1) for p in text.split(";") if "=" in p)
         scenario, nonce = params.get("scenario", "ok"), params.get("nonce", "")
         self.calls[nonce] += 1
+        if body.get("model") in self.unloaded:
+            return JSONResponse({"error": {"message": f"The model `{body['model']}` does not exist.",
+                                           "type": "NotFoundError", "param": "model", "code": 404}}, status_code=404)
+        if self.failing:
+            return _error(503, "The server is overloaded; try again later.", "ServiceUnavailableError")
+        self.served[body.get("model", "")] += 1
         if scenario == "503x2" and self.calls[nonce] <= 2:
             return _error(503, "The server is overloaded; try again later.", "ServiceUnavailableError")
         if scenario == "bad-request":
             return _error(400, "This model's maximum context length is 2048 tokens.", "BadRequestError")
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        reply = " ".join([REPLY] * int(params.get("repeat", 1)))
+        reply = " ".join([self.replies.get(body.get("model", ""), REPLY)] * int(params.get("repeat", 1)))
         reply = f"received {len(raw)} bytes" if scenario == "size" else reply
         return StreamingResponse(self._stream(body["model"], scenario, include_usage, reply,
                                               float(params.get("delay", 0.3))),
@@ -118,6 +140,48 @@ class FakeVLLM(LoopbackServer):
             usage = {"prompt_tokens": 11, "completion_tokens": n, "total_tokens": 11 + n}
             yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
+
+    async def load_lora(self, request: Request):
+        body = await request.json()
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if not name or not path:
+            return _error(400, "Both 'lora_name' and 'lora_path' must be provided.", "InvalidUserInput")
+        if name in self.loras:
+            return _error(400, f"The lora adapter '{name}' has already been loaded.", "InvalidUserInput")
+        if not os.path.exists(path):
+            return _error(404, f"Loading lora {name} failed: No adapter found for {path}", "NotFoundError")
+        self.loras[name] = path
+        self.unloaded.discard(name)
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def unload_lora(self, request: Request):
+        body = await request.json()
+        name = body.get("lora_name")
+        if not name and not body.get("lora_int_id"):
+            return _error(400, "either 'lora_name' and 'lora_int_id' needs to be provided.", "InvalidUserInput")
+        if name not in self.loras:
+            return _error(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
+        del self.loras[name]
+        self.unloaded.add(name)
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
+
+    async def responses(self, request: Request):
+        """vLLM's /v1/responses (vllm/entrypoints/openai/serving_responses.py): typed events, each
+        `event: <type>` with a `sequence_number`; the scenario is in the last input item's text."""
+        body = await request.json()
+        self.responses_bodies.append(body)
+        last = body["input"][-1] if isinstance(body["input"], list) else {"content": body["input"]}
+        text = last.get("content") or last.get("output") or ""
+        if isinstance(text, list):
+            text = ";".join(p.get("text", "") for p in text)
+        params = dict(p.split("=", 1) for p in str(text).split(";") if "=" in p)
+        scenario, nonce = params.get("scenario", "ok"), params.get("nonce", "")
+        self.calls[nonce] += 1
+        if scenario == "bad-request":
+            return _error(400, "This model's maximum context length is 2048 tokens.", "BadRequestError")
+        words = " ".join([REPLY] * int(params.get("repeat", 1))).split(" ")
+        return StreamingResponse(_responses_stream(body, scenario, words, float(params.get("delay", 0.3))),
+                                 media_type="text/event-stream")
 
     async def transcriptions(self, request: Request):
         return await self._speech_to_text(request, "transcribe")
@@ -185,3 +249,56 @@ async def _tone(fmt: str, chars: int):
     for i in range(0, len(audio), step):
         await asyncio.sleep(0.05)
         yield audio[i:i + step]
+
+
+async def _responses_stream(body: dict, scenario: str, words: list[str], delay: float):
+    seq = iter(range(10 ** 6))
+    rid, created = "resp_fake" + str(time.time_ns()), int(time.time())
+    response = {"id": rid, "object": "response", "created_at": created, "model": body["model"],
+                "status": "in_progress", "output": [], "usage": None}
+
+    def event(kind: str, **fields) -> str:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields, 'sequence_number': next(seq)})}\n\n"
+
+    yield event("response.created", response=response)
+    yield event("response.in_progress", response=response)
+    if scenario == "tools":
+        item = {"type": "function_call", "id": "fc_fake", "call_id": "call_fake_1", "name": "get_weather",
+                "arguments": "", "status": "in_progress"}
+        yield event("response.output_item.added", output_index=0, item=item)
+        for part in ('{"city": ', '"Seoul"}'):
+            yield event("response.function_call_arguments.delta", item_id="fc_fake", output_index=0, delta=part)
+        args = '{"city": "Seoul"}'
+        yield event("response.function_call_arguments.done", item_id="fc_fake", output_index=0, arguments=args)
+        yield event("response.output_item.done", output_index=0, item={**item, "arguments": args, "status": "completed"})
+        output, n = [{**item, "arguments": args, "status": "completed"}], 3
+    else:
+        item = {"type": "message", "id": "msg_fake", "role": "assistant", "status": "in_progress", "content": []}
+        yield event("response.output_item.added", output_index=0, item=item)
+        yield event("response.content_part.added", item_id="msg_fake", output_index=0, content_index=0,
+                    part={"type": "output_text", "text": "", "annotations": []})
+        limit = body.get("max_output_tokens") or len(words)
+        for i, word in enumerate(words[:limit]):
+            if scenario == "slow":
+                await asyncio.sleep(delay)
+            if scenario == "error" and i == 3:
+                yield event("error", code="internal_error", message="The engine failed mid-stream.", param=None)
+                return
+            yield event("response.output_text.delta", item_id="msg_fake", output_index=0, content_index=0,
+                        delta=word if i == 0 else " " + word, logprobs=[])
+        text = " ".join(words[:limit])
+        part = {"type": "output_text", "text": text, "annotations": []}
+        yield event("response.output_text.done", item_id="msg_fake", output_index=0, content_index=0, text=text,
+                    logprobs=[])
+        yield event("response.content_part.done", item_id="msg_fake", output_index=0, content_index=0, part=part)
+        yield event("response.output_item.done", output_index=0, item={**item, "status": "completed", "content": [part]})
+        output, n = [{**item, "status": "completed", "content": [part]}], min(limit, len(words))
+    usage = {"input_tokens": 11, "output_tokens": n, "total_tokens": 11 + n,
+             "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+    if scenario != "tools" and (body.get("max_output_tokens") or len(words)) < len(words):
+        yield event("response.incomplete", response={**response, "status": "incomplete", "output": output,
+                                                     "usage": usage,
+                                                     "incomplete_details": {"reason": "max_output_tokens"}})
+    else:
+        yield event("response.completed", response={**response, "status": "completed", "output": output,
+                                                    "usage": usage})
