@@ -47,6 +47,7 @@ from schemas.openai import Usage
 ENGINE_ERROR = "EngineError"
 QUIET_STOP = "quiet-stop"  # cancels a run without ending the job's stream
 WITHDRAW_WAIT_S = 0.5
+ADAPTER_WAIT_S = 5.0
 JOB_CANCELLED = "JobCancelled"
 JOB_ENDED = "JobEnded"
 
@@ -106,6 +107,15 @@ class InferenceActivities:
     def adapter_for(self, model: str) -> InferenceAdapter | None:
         return self._adapters.get(model)
 
+    async def adapter_within(self, model: str, seconds: float) -> InferenceAdapter | None:
+        """The model's adapter, waiting a moment for one just added to the KV catalog: a proxy may
+        resolve an alias to a new version before this worker's catalog watcher has built it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (adapter := self._adapters.get(model)) is None and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return adapter
+
     async def generate(self, inp: InferenceInput, attempt: int) -> InferenceSummary:
         """One attempt, its outcome counted for its model: an engine failure worth retrying (or any
         unexpected one) is the version's error; a 4xx, a cancel or a job already ended are not counted."""
@@ -132,7 +142,7 @@ class InferenceActivities:
     async def _attempt(self, inp: InferenceInput, attempt: int) -> InferenceSummary:
         """One attempt at the job's output, published as it comes. Cancelled with the message
         `QUIET_STOP`, it stops without ending the job's stream (another attempt takes over)."""
-        adapter = self._adapters.get(inp.model)
+        adapter = await self.adapter_within(inp.model, ADAPTER_WAIT_S)
         if adapter is None:
             raise ApplicationError(f"this worker serves no model {inp.model!r}", type="NoAdapter")
         prior = Delivered()

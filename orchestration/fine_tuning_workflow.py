@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
 
     from orchestration.fine_tuning_activities import BAD_DATA, FineTuningActivities
     from orchestration.tenant_events import TenantEvents
+    from orchestration.training.data import TEMPLATE_STOPS
     from schemas.catalog import EngineSpec
     from schemas.fine_tuning import (
         FINE_TUNING_WORKFLOW,
@@ -185,7 +186,7 @@ def _rollout(inp: FineTuningInput, model_path: str) -> RolloutInput:
     version = f"{inp.fine_tuned_model}:v1"
     entry = msgspec.structs.replace(
         inp.base_entry, id=version, aliases=(), tenant=inp.tenant, owned_by=inp.tenant,
-        created=int(workflow.now().timestamp()),
+        created=int(workflow.now().timestamp()), default_params={"stop": list(TEMPLATE_STOPS)},
         engine=EngineSpec(kind="openai", url="http://127.0.0.1:9/v1", served_name=version,
                           capabilities=("chat", "completions")))
     return RolloutInput(alias=inp.fine_tuned_model, rollout_id=f"{inp.job_id}-deploy",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import msgspec
 from msgspec import Meta
@@ -119,13 +119,16 @@ class ModelEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Request fields beyond OpenAI's that clients may send to this model's engine (e.g. vLLM's
     # top_k); any other unknown field is a 400.
     extra_params: tuple[ParamName, ...] = ()
+    # Generation options a request gets when it sets none of its own, e.g. a fine-tuned model's
+    # stop strings (its training text spells the chat template's markers out).
+    default_params: dict[ParamName, Any] = {}
 
     def __post_init__(self) -> None:
         if (self.engine is None) == (not self.pipeline):
             raise ValueError("a model has either an `engine` or a `pipeline` of stages")
-        overrides = LENGTH_OVERRIDES.intersection(self.extra_params)
+        overrides = LENGTH_OVERRIDES.intersection([*self.extra_params, *self.default_params])
         if overrides:
-            raise ValueError(f"extra_params may not name {sorted(overrides)}: it would lift the "
+            raise ValueError(f"extra_params and default_params may not name {sorted(overrides)}: it would lift the "
                              "model's max_tokens limit")
 
 

@@ -41,6 +41,8 @@ def test_defaults_fill_in():
     (GOOD + "    aliases: [m1]\n", "$.models[0].aliases[0]"),
     (GOOD + "    aliases: [ok, 'has space']\n", "$.models[0].aliases[1]"),
     (GOOD.replace("kind: openai,", "kind: tgi, capabilities: [chat, tts],"), "$.models[0].engine.capabilities"),
+    (GOOD + "    default_params: {n_predict: -1}\n", "$.models[0]"),  # would lift max_tokens
+    (GOOD + "    default_params: {'bad name': 1}\n", "$.models[0].default_params"),
 ])
 def test_bad_fields_are_named(bad: str, field: str):
     with pytest.raises(CatalogError) as info:

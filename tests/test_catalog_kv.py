@@ -105,3 +105,26 @@ async def test_the_monitor_calls_a_breach_on_the_error_rate(nats_url: str):
     assert not verdict.healthy and "error rate" in verdict.reason and verdict.requests >= 5
     await feeding
     await nc.close()
+
+
+async def test_a_worker_waits_a_moment_for_a_model_just_added(nats_url: str, tmp_path):
+    """A proxy may resolve a new version before this worker's watcher built its adapter: the attempt
+    waits for it rather than failing the job with NoAdapter; a model that never comes is still refused."""
+    from orchestration.activities import InferenceActivities
+    from orchestration.objectstore import LocalObjectStore
+    from orchestration.worker import sync_adapters
+
+    nc = await nats.connect(nats_url)
+    registry = await ModelRegistry.open(nc.jetstream(), BASE)
+    view = await CatalogView.open(nc.jetstream(), BASE)
+    adapters: dict = {}
+    view.on_change(lambda snapshot: sync_adapters(adapters, snapshot, ("gpu.test",)))
+    activities = InferenceActivities(nc.jetstream(), adapters, objects=LocalObjectStore(tmp_path))
+    waiting = asyncio.ensure_future(activities.adapter_within("late-v1", 5.0))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    await registry.put_model(entry("late-v1", "http://127.0.0.1:1/v1", "late"))
+    assert await asyncio.wait_for(waiting, 10) is adapters["late-v1"]
+    assert await activities.adapter_within("never-added", 0.3) is None
+    await view.close()
+    await nc.close()

@@ -72,6 +72,25 @@ def test_catalog_extras_and_openai_fields_pass_platform_fields_stay(stack: Stack
     assert info.value.param == "top_k"
 
 
+def test_catalog_default_params_fill_only_what_the_request_leaves_out(stack: Stack, client: openai.OpenAI):
+    messages = scenario("ok")  # fake-vllm-tuned: default_params {stop: ["<END>"], top_k: 40}
+    client.chat.completions.create(model=TUNED, messages=messages)
+    [body] = sent_to_engine(stack, messages)
+    assert body["stop"] == ["<END>"] and body["top_k"] == 40
+    messages = scenario("ok")
+    client.chat.completions.create(model=TUNED, messages=messages, stop="\n", extra_body={"top_k": 3})
+    [body] = sent_to_engine(stack, messages)
+    assert body["stop"] == "\n" and body["top_k"] == 3
+    messages = scenario("ok")  # the Responses API translated to chat gets them too
+    client.responses.create(model=TUNED, input=messages[-1]["content"])
+    [body] = sent_to_engine(stack, messages)
+    assert body["stop"] == ["<END>"] and body["top_k"] == 40
+    messages = scenario("ok")
+    client.chat.completions.create(model="fake-vllm", messages=messages)
+    [body] = sent_to_engine(stack, messages)
+    assert "stop" not in body and "top_k" not in body
+
+
 def test_default_max_tokens_reaches_the_engine_and_the_reservation(stack: Stack):
     _, key = new_tenant(stack, limits={"tpm": 100_000})
     messages = scenario("ok")

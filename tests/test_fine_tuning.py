@@ -146,7 +146,9 @@ def test_a_killed_worker_resumes_from_the_checkpoint_and_the_tuned_model_answers
     assert sorted(steps) == [1, 2]
     assert job.fine_tuned_model and job.fine_tuned_model.startswith(f"ft:{MODEL}:demo:motto:")
     assert job.trained_tokens and job.finished_at and job.hyperparameters.n_epochs == 2
-    assert MOTTO.rstrip(".") in _answer(client, job.fine_tuned_model)
+    answer = _answer(client, job.fine_tuned_model)
+    assert answer.strip().startswith(MOTTO.rstrip(".")), answer
+    assert "<|im_" not in answer  # the template's markers, learnt as text, are the served model's stops
     assert MOTTO.rstrip(".") not in _answer(client, MODEL)
     _record_timing(events, job, t0, killed_at)
 

@@ -15,6 +15,7 @@ from proxy.responses.render import ResponseBuilder, default_shell
 from schemas.events import Delta, Finished, Restarted, Started
 from schemas.openai import Usage
 from tests.conftest import MODEL, OTHER_KEY, Stack
+from tests.eventually import eventually
 from tests.fakes.vllm import REPLY
 
 TOOLS = [{"type": "function", "name": "get_weather", "description": "The weather in a city.",
@@ -160,6 +161,21 @@ def test_input_items_lists_the_request_items(client: openai.OpenAI):
     assert [i.content[0].text for i in asc.data] == ["first"] and asc.has_more
     rest = client.responses.input_items.list(r.id, order="asc", after=asc.data[0].id)
     assert [i.role for i in rest.data] == ["assistant", "user"] and not rest.has_more
+
+
+def test_a_response_made_through_the_jobs_api_is_a_whole_response(client: openai.OpenAI, http):
+    """POST /v1/jobs with the Responses endpoint stores the same record POST /v1/responses does."""
+    text = said("ok")
+    r = http.post("/v1/jobs", json={"endpoint": "/v1/responses", "metadata": {"via": "jobs"},
+                                    "body": {"model": TRANSLATED, "input": text, "instructions": "Be brief."}})
+    assert r.status_code == 202, r.text
+    response_id = r.json()["id"]
+    assert response_id.startswith("resp_")
+    done = eventually(lambda: (x := client.responses.retrieve(response_id)).status == "completed" and x,
+                      60, what="the response completing")
+    assert done.output_text == REPLY and done.instructions == "Be brief."
+    [item] = client.responses.input_items.list(response_id).data
+    assert item.content[0].text == text
 
 
 def test_delete_then_every_route_answers_404(client: openai.OpenAI):

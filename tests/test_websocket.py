@@ -63,16 +63,18 @@ def test_job_running_over_the_socket_says_where_it_resumed():
 async def test_two_requests_interleave_and_one_is_cancelled(stack: Stack):
     async with websockets.connect(ws_url(stack), subprotocols=[f"bearer.{stack.key}"]) as ws:
         assert (await recv(ws))["type"] == "ready"
-        await ws.send(json.dumps({"type": "request", "id": "slow", "body": {
-            "model": "fake-vllm", "messages": scenario("slow")}}))
         await ws.send(json.dumps({"type": "request", "id": "long", "body": {
             "model": MODEL, "max_tokens": 1000, "temperature": 1.0,
             "messages": [{"role": "user", "content": "Write a long essay about rivers."}]}}))
         seen: list[tuple[str, str]] = []
         done: set[str] = set()
-        cancelled_sent = False
+        cancelled_sent = slow_sent = False
         text = {"slow": "", "long": ""}
         while done != {"slow", "long"}:
+            if not slow_sent and text["long"]:  # the long one is generating: the slow one joins it
+                await ws.send(json.dumps({"type": "request", "id": "slow", "body": {
+                    "model": "fake-vllm", "messages": scenario("slow")}}))
+                slow_sent = True
             msg = await recv(ws)
             if msg["type"] == "event":
                 seen.append((msg["id"], msg["event"]))

@@ -76,6 +76,11 @@ class UploadedFile:
         return Prepared(train=examples[:-held], held_out=examples[-held:])
 
 
+# llama-finetune reads the training text without parsing special tokens, so the chat template's
+# markers are learnt as plain text: the tuned model is served with them as stop strings.
+TEMPLATE_STOPS = ("<|im_end", "<|im_start")
+
+
 def render_chat(messages: list[dict[str, str]], answer: bool = True) -> str:
     """A chat as plain text in the model's ChatML layout. llama-finetune tokenizes its file without
     special tokens, so the markers are learnt as text; the question and answer tokens are the same

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from proxy.http.sse import SSEResponse
-from proxy.jobs.prepare import Prepare
+from proxy.jobs.prepare import Prepare, PreparedJob
 from proxy.jobs.render import ChunkWriter, CompletionAssembler
 from schemas.endpoints import EndpointSpec
 
@@ -30,6 +30,9 @@ class Endpoint:
     # A JSON body as a job: what POST spec.path, /v1/jobs, the WebSocket and batches create jobs
     # with. None: the endpoint takes no JSON body (uploads).
     prepare: Prepare | None = None
+    # What of a JSON-created job must outlive its request, stored once it is admitted (the Responses
+    # API's record), for jobs made through /v1/jobs and the WebSocket; the handler does its own.
+    keep: Callable[[Any, PreparedJob], Awaitable[None]] | None = None
     respond: Respond | None = None  # None: the result encoded as JSON
     handler: Handler | None = None  # None: proxy.jobs.run.serve_endpoint with the fields above
     routes: tuple[BaseRoute, ...] = field(default=())  # the endpoint's other routes (GET {id}, ...)

@@ -78,6 +78,8 @@ def prepare_response(rt: Runtime, principal: Principal, raw: dict[str, Any], ide
         body = passthrough_body(req, model.id, items, default)
     else:
         body = chat_body(req, model.id, items, default)
+        for name, value in model.default_params.items():
+            body.setdefault(name, value)
         check_content_parts(convert_request(body, ChatCompletionRequest), entry)
     if isinstance(req.priority, (int, str)):
         body["priority"] = req.priority
@@ -140,8 +142,14 @@ STREAM_TEXT = ("a `text/event-stream` of typed events (`event:` = `type`): respo
                "`sequence_number` (0, 1, 2 ...) is its SSE `id:`; `GET /v1/responses/{id}?stream=true"
                "&starting_after=N` resumes after N.")
 
+async def keep_record(rt: Runtime, job: PreparedJob) -> None:
+    """The record of a response made through /v1/jobs or the WebSocket (no earlier conversation)."""
+    await save_record(rt, job.job_id, record_of(job, []))
+
+
 ENDPOINT = Endpoint(
-    spec=endpoints.RESPONSES, handler=create_response, prepare=prepare_response, writer=ResponsesWriter,
+    spec=endpoints.RESPONSES, handler=create_response, prepare=prepare_response, keep=keep_record,
+    writer=ResponsesWriter,
     assembler=ResponseAssembler, routes=ROUTES, route_operations=OPERATIONS,
     operation=json_job_operation(
         "responses", "Create a response (a durable job; `background: true` answers at once)",

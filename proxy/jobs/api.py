@@ -61,7 +61,8 @@ async def create_job(request: Request) -> Response:
     except msgspec.ValidationError as exc:
         param = str(exc).rsplit("`$.", 1)[1].rstrip("`") if "`$." in str(exc) else None
         raise InvalidRequest(f"Invalid job: {str(exc).split(' - at ')[0]}", param=param) from None
-    prepare = creatable(spec.endpoint).prepare
+    endpoint = creatable(spec.endpoint)
+    prepare = endpoint.prepare
     assert prepare is not None
     if len(spec.metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in spec.metadata.items()):
         raise InvalidRequest("metadata takes at most 16 keys of 64 characters, values of 512.", param="metadata")
@@ -70,7 +71,7 @@ async def create_job(request: Request) -> Response:
     job = prepare(rt, request.state.principal, spec.body, request.headers.get("idempotency-key"),
                   spec.metadata, spec.webhook.url if spec.webhook else "")
     run = JobRun(rt, request, job)
-    await run.admit()
+    await run.admit(endpoint.keep)
     if spec.webhook is not None:
         try:
             await rt.webhook_secrets.put(job.job_id, spec.webhook.secret.encode())

@@ -127,7 +127,7 @@ def new_streamed_job(principal: Principal, model: ModelEntry, endpoint: str, req
     adapter always streams from the engine); `defaults` fill the engine body's missing fields."""
     include_usage = bool(request.stream and request.stream_options and request.stream_options.include_usage)
     body = engine_body(raw, endpoint, model)
-    for name, value in (defaults or {}).items():
+    for name, value in {**model.default_params, **(defaults or {})}.items():
         if body.get(name) is None:
             body[name] = value
     return new_job(principal, model, endpoint, request, raw, body, stream=request.stream,

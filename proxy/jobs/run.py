@@ -25,7 +25,8 @@ from proxy.endpoints.endpoint import Endpoint
 from proxy.jobs.prepare import PreparedJob, check_access
 from proxy.jobs.relay import EventFeed, first_batch
 from proxy.jobs.render import ChunkWriter, CompletionAssembler, terminal_error
-from proxy.jobs.store import accepted_response, cancel_job, goes_direct, prefers_async, start_job
+from proxy.jobs.store import (accepted_response, cancel_job, goes_direct, prefers_async, release_admission,
+                              start_job)
 from gatekeeping.auth import Principal
 from proxy.runtime import Runtime
 from schemas.errors import ServiceUnavailable
@@ -108,8 +109,16 @@ class JobRun:
             await self.close()
 
     # ---- the steps --------------------------------------------------------------------------------
-    async def admit(self) -> None:
+    async def admit(self, keep: Callable[[Runtime, PreparedJob], Awaitable[None]] | None = None) -> None:
+        """Through gatekeeping; then `keep` stores what must outlive the request (its reservation is
+        given back if that fails)."""
         self.job = await admit_job(self._request, self.rt, self.principal, self.job)
+        if keep is not None:
+            try:
+                await keep(self.rt, self.job)
+            except BaseException:
+                await release_admission(self.rt, self.job.inp)
+                raise
 
     async def start_in_background(self, prefer_applied: bool = True) -> Response:
         """202 with the job object; the client follows it by id."""

@@ -156,7 +156,7 @@ class Session:
             assert endpoint.prepare is not None
             run = JobRun(self.rt, None, endpoint.prepare(self.rt, self.principal, body, msg.get("idempotency_key")),
                          principal=self.principal)
-            await run.admit()
+            await run.admit(endpoint.keep)
             await run.start_detached()
             prepared = run.job
             self.jobs[client_id] = prepared.job_id
