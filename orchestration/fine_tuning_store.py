@@ -87,16 +87,16 @@ class FineTuningStore:
         return sorted(records, key=lambda r: (r.job.created_at, r.job.id), reverse=True)
 
     async def apply(self, update: JobUpdate) -> JobRecord:
-        """Applies one step of the job to its record (compare-and-set; a step already applied is
-        skipped) and publishes its event (once: the event id is the message id)."""
-        record = await self._apply(update)
+        """Publishes the step's event (once: the event id is the message id), then applies the step to
+        the job's record (compare-and-set; a step already applied is skipped). In that order, a client
+        that reads a status has its event in the list already."""
         eid = event_id(update.job_id, update.event_key or str(update.seq))
         event = FineTuningJobEvent(id=eid, created_at=update.at,
                                    level=update.level, message=update.message, type=update.type,
                                    data=update.data)
         await self.js.publish(event_subject(update.job_id), _encoder.encode(event), stream=FINETUNE_STREAM,
                               headers={"Nats-Msg-Id": event.id})
-        return record
+        return await self._apply(update)
 
     async def _apply(self, update: JobUpdate) -> JobRecord:
         key = self.key(update.tenant, update.job_id)

@@ -19,14 +19,13 @@ from __future__ import annotations
 import base64
 import builtins
 import hashlib
-import re
 import secrets
 import time
 
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import StorageType
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from temporalio import activity
 from temporalio.client import Client
@@ -41,8 +40,7 @@ from schemas.tenant_webhooks import (MAX_ENDPOINTS_PER_TENANT, TENANT_EVENT_TYPE
                                      DeletedWebhookEndpoint, StoredWebhookEndpoint, TenantEventInput,
                                      WebhookEndpoint, WebhookEndpointCreate, WebhookEndpointWithSecret)
 
-_ENDPOINT_ID = re.compile(r"^whep_[0-9a-f]{24}$")
-_decoder = msgspec.json.Decoder(StoredWebhookEndpoint)
+_decoder = msgspec.json.Decoder(list[StoredWebhookEndpoint])
 
 
 def new_secret() -> str:
@@ -85,50 +83,63 @@ class WebhookEndpoints:
         except WebhookTargetError as exc:
             raise InvalidRequest(f"Webhook target refused: {exc}.", param="url",
                                  code="webhook_target_refused") from None
-        if len(await self._stored(tenant)) >= MAX_ENDPOINTS_PER_TENANT:
-            raise InvalidRequest(f"A tenant may have at most {MAX_ENDPOINTS_PER_TENANT} webhook endpoints.",
-                                 code="too_many_webhook_endpoints")
         now, secret = int(time.time()), new_secret()
         endpoint = WebhookEndpoint(id="whep_" + secrets.token_hex(12), created_at=now, updated_at=now,
                                    event_types=types, name=spec.name[:256], url=spec.url,
                                    signing_secret_hint=_hint(secret))
         stored = StoredWebhookEndpoint(tenant=tenant, endpoint=endpoint, secret=secret)
-        await self.kv.put(f"{tenant}.{endpoint.id}", msgspec.json.encode(stored))
+
+        def added(current: builtins.list[StoredWebhookEndpoint]) -> builtins.list[StoredWebhookEndpoint]:
+            if len(current) >= MAX_ENDPOINTS_PER_TENANT:
+                raise InvalidRequest(f"A tenant may have at most {MAX_ENDPOINTS_PER_TENANT} webhook endpoints.",
+                                     code="too_many_webhook_endpoints")
+            return [*current, stored]
+
+        await self._change(tenant, added)
         return WebhookEndpointWithSecret(**msgspec.structs.asdict(endpoint), signing_secret=secret)
 
     async def list(self, tenant: str) -> list[WebhookEndpoint]:
-        return [s.endpoint for s in await self._stored(tenant)]
+        return [s.endpoint for s in (await self._load(tenant))[0]]
 
     async def remove(self, tenant: str, endpoint_id: str) -> DeletedWebhookEndpoint:
-        missing = NotFound(f"No webhook endpoint '{endpoint_id[:64]}' for tenant '{tenant}'.",
-                           param="endpoint_id", code="webhook_endpoint_not_found")
-        if not _ENDPOINT_ID.match(endpoint_id):
-            raise missing
-        key = f"{tenant}.{endpoint_id}"
-        try:
-            await self.kv.get(key)
-        except KeyNotFoundError:
-            raise missing from None
-        await self.kv.delete(key)
+        def removed(current: builtins.list[StoredWebhookEndpoint]) -> builtins.list[StoredWebhookEndpoint]:
+            left = [s for s in current if s.endpoint.id != endpoint_id]
+            if len(left) == len(current):
+                raise NotFound(f"No webhook endpoint '{endpoint_id[:64]}' for tenant '{tenant}'.",
+                               param="endpoint_id", code="webhook_endpoint_not_found")
+            return left
+
+        await self._change(tenant, removed)
         return DeletedWebhookEndpoint(id=endpoint_id, deleted=True)
 
     async def subscribed(self, tenant: str, event_type: str) -> builtins.list[StoredWebhookEndpoint]:
-        return [s for s in await self._stored(tenant) if event_type in s.endpoint.event_types]
+        return [s for s in (await self._load(tenant))[0] if event_type in s.endpoint.event_types]
 
-    async def _stored(self, tenant: str) -> builtins.list[StoredWebhookEndpoint]:
-        watcher = await self.kv.watch(f"{tenant}.>", ignore_deletes=True)
-        found: builtins.list[StoredWebhookEndpoint] = []
+    # A tenant's endpoints are one value (at most MAX_ENDPOINTS_PER_TENANT of them): a lookup is one
+    # direct get, and a change one compare-and-set on its revision.
+    async def _load(self, tenant: str) -> tuple[builtins.list[StoredWebhookEndpoint], int | None]:
         try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.value:
-                    stored = _decoder.decode(entry.value)
-                    if stored.tenant == tenant:
-                        found.append(stored)
-        finally:
-            await watcher.stop()
-        return sorted(found, key=lambda s: (s.endpoint.created_at, s.endpoint.id))
+            entry = await self.kv.get(_tenant_key(tenant))
+        except KeyNotFoundError:
+            return [], None
+        return (_decoder.decode(entry.value) if entry.value else []), entry.revision
+
+    async def _change(self, tenant: str, change) -> None:
+        while True:
+            current, revision = await self._load(tenant)
+            data = msgspec.json.encode(change(current))
+            try:
+                if revision is None:
+                    await self.kv.create(_tenant_key(tenant), data)
+                else:
+                    await self.kv.update(_tenant_key(tenant), data, last=revision)
+                return
+            except KeyWrongLastSequenceError:
+                continue  # changed meanwhile: apply the change to what is there now
+
+
+def _tenant_key(tenant: str) -> str:
+    return f"tenant.{tenant}"
 
 
 class TenantEvents:

@@ -175,3 +175,17 @@ async def test_the_worker_serves_notify_tenant_to_workflows(stack: Stack, receiv
     [(_, headers, body, _)] = await eventually_async(lambda: receiver.for_path(hook), what="the delivery")
     unwrapped = openai.OpenAI(api_key="unused", webhook_secret=secret).webhooks.unwrap(body, headers)
     assert unwrapped.type == "fine_tuning.job.succeeded" and unwrapped.data.id == event.data_id
+
+
+async def test_concurrent_changes_to_a_tenants_endpoints_are_all_kept(stack: Stack, receiver: Receiver, events):
+    """A tenant's endpoints are one KV value changed by compare-and-set: racing adds and removes lose
+    nothing, and one lookup sees every endpoint at once."""
+    endpoints, _ = events
+    tenant = new_tenant(stack)
+    allow = parse_allow_list("127.0.0.1/32")
+    added = await asyncio.gather(*(endpoints.add(tenant, WebhookEndpointCreate(
+        url=f"{receiver.base}/race/{i}", event_types=["batch.completed"]), allow) for i in range(6)))
+    assert sorted(e.id for e in await endpoints.list(tenant)) == sorted(a.id for a in added)
+    await asyncio.gather(*(endpoints.remove(tenant, a.id) for a in added[:3]))
+    assert sorted(e.id for e in await endpoints.list(tenant)) == sorted(a.id for a in added[3:])
+    assert len(await endpoints.subscribed(tenant, "batch.completed")) == 3
