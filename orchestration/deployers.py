@@ -64,7 +64,8 @@ class RegisteredEntry:
 
 class LocalProcessDeployer:
     """Starts a llama-server for a GGUF on a free loopback port of this worker's machine. The process
-    outlives the activity; `undeploy` (or the worker's exit) stops it."""
+    outlives the activity, and the worker too (a restarted worker keeps serving through it); `undeploy`
+    stops it, and its pid file (`<log_dir>/<model>.pid`) lets whoever owns the machine stop it."""
 
     def __init__(self, binary: str | os.PathLike[str] = "", log_dir: str | os.PathLike[str] = "",
                  ready_timeout_s: float = 120.0):
@@ -86,9 +87,10 @@ class LocalProcessDeployer:
         served = entry.engine.served_name or entry.id
         argv = [self.binary, "-m", spec.model_path, "--host", "127.0.0.1", "--port", str(port),
                 "--alias", served, "--no-webui", "-t", "2", *spec.engine_args]
-        with open(self.log_dir / f"{entry.id.replace('/', '_')}.log", "ab") as log:
+        with open(self.log_dir / f"{_file_name(entry.id)}.log", "ab") as log:
             proc = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log,
                                                         stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+        (self.log_dir / f"{_file_name(entry.id)}.pid").write_text(f"{proc.pid}\n")
         url = f"http://127.0.0.1:{port}/v1"
         self.running[entry.id] = (proc, url)
         try:
@@ -100,6 +102,7 @@ class LocalProcessDeployer:
 
     async def undeploy(self, spec: DeploySpec, model_id: str) -> None:
         held = self.running.pop(model_id, None)
+        (self.log_dir / f"{_file_name(model_id)}.pid").unlink(missing_ok=True)
         if held is None or held[0].returncode is not None:
             return
         proc = held[0]
@@ -113,6 +116,10 @@ class LocalProcessDeployer:
     async def aclose(self) -> None:
         for model_id in list(self.running):
             await self.undeploy(DeploySpec(kind="local_process"), model_id)
+
+
+def _file_name(model_id: str) -> str:
+    return model_id.replace("/", "_")
 
 
 async def _wait_ready(url: str, timeout_s: float, proc: asyncio.subprocess.Process | None = None) -> None:

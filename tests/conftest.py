@@ -4,6 +4,7 @@ fakes of vLLM, TGI and Triton, one worker and the proxy, all on free loopback po
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -108,6 +109,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         "SWITCHYARD_WEBHOOK_ALLOW": "127.0.0.1/32",
         "SWITCHYARD_WEBHOOK_BASE_DELAY_S": "0.2",
         "SWITCHYARD_METRICS_PORT": str(free_port()),  # the worker's Prometheus /metrics
+        "SWITCHYARD_DEPLOY_LOG_DIR": str(base / "deploys"),  # engines the worker deploys: their pid files
     }
     real_triton = None
     try:
@@ -139,6 +141,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         triton.stop()
         if real_triton is not None:
             stop_triton(real_triton)
+        stop_deployed(base / "deploys")
+
+
+def stop_deployed(pid_dir: Path) -> None:
+    """The engines the worker deployed (hot swaps, fine-tuned models) outlive it by design; the
+    session stops them by their pid files."""
+    for pid_file in pid_dir.glob("*.pid"):
+        try:
+            pid = int(pid_file.read_text())
+            if "llama-server" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                os.kill(pid, signal.SIGKILL)
+        except (ValueError, OSError):
+            pass
 
 
 @pytest.fixture
