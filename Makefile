@@ -56,7 +56,7 @@ bench: install
 	$(BIN)/python benchmarks/chat_latency.py
 
 stop:
-	-@for f in var/run/*.pid; do [ -f "$$f" ] && kill $$(cat $$f) 2>/dev/null; rm -f $$f; done; true
+	-@for f in var/run/*.pid var/run/deploys/*.pid; do [ -f "$$f" ] && kill $$(cat $$f) 2>/dev/null; rm -f $$f; done; true
 
 clean: stop
 	rm -rf var .pytest_cache

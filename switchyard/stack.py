@@ -67,6 +67,9 @@ def run_stack(workers: int = 2, triton: bool = True, grace: float = 2.0) -> int:
         "SWITCHYARD_EMBED_ENGINE_URL": f"http://127.0.0.1:{ports['embed']}/v1",
         "SWITCHYARD_TRITON_URL": f"http://127.0.0.1:{ports['triton']}",
         "SWITCHYARD_OBJECT_DIR": os.environ.get("SWITCHYARD_OBJECT_DIR", str(var / "objects")),
+        # Engines the worker deploys (hot swaps, fine-tuned models): their logs and pid files, which
+        # `make stop` reads too.
+        "SWITCHYARD_DEPLOY_LOG_DIR": os.environ.get("SWITCHYARD_DEPLOY_LOG_DIR", str(var / "run" / "deploys")),
         "SWITCHYARD_PORT": str(ports["proxy"]),
         "SWITCHYARD_DEMO_KEY": key,
         "SWITCHYARD_PAYLOAD_KEYS": os.environ.get("SWITCHYARD_PAYLOAD_KEYS") or _payload_keys(var),
