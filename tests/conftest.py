@@ -31,6 +31,7 @@ from switchyard.processes import (
     wait_http,
 )
 from tests.eventually import eventually
+from tests.fakes.receiver import Receiver
 from tests.fakes.tgi import FakeTGI
 from tests.fakes.triton import FakeTriton
 from tests.fakes.vllm import FakeVLLM
@@ -178,6 +179,17 @@ async def js(stack: Stack):
     nc = await nats.connect(stack.nats_url)
     yield nc.jetstream()
     await nc.close()
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    """A webhook receiver on a free loopback port (`.base` is its URL) recording what it is sent."""
+    r = Receiver()
+    port = free_port()
+    r.start(port)
+    r.base = f"http://127.0.0.1:{port}"
+    yield r
+    r.stop()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from temporalio.client import Client
 
 from orchestration.converter import data_converter
-from switchyard.processes import ROOT, free_port
+from switchyard.processes import ROOT
 from tests.conftest import OTHER_KEY, Stack
 from tests.eventually import eventually
 from tests.fakes.receiver import Receiver
@@ -128,16 +128,6 @@ def test_a_chat_batch_with_bad_lines_completes_with_both_files(small_batches: St
     duplicate = unknown[f"{tag}-1"]
     assert duplicate["response"] is None and duplicate["error"]["code"] == "duplicate_custom_id"
     assert client.files.retrieve(done.output_file_id).purpose == "batch_output"
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    r = Receiver()
-    port = free_port()
-    r.start(port)
-    r.base = f"http://127.0.0.1:{port}"
-    yield r
-    r.stop()
 
 
 def test_the_tenants_webhook_endpoint_hears_batch_completed(small_batches: Stack, receiver: Receiver):

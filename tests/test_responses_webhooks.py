@@ -9,22 +9,11 @@ import httpx
 import openai
 import pytest
 
-from switchyard.processes import free_port
 from tests.conftest import MODEL, Stack
 from tests.eventually import eventually
 from tests.fakes.receiver import Receiver
 
 EVENTS = ["response.completed", "response.incomplete", "response.cancelled", "response.failed"]
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    r = Receiver()
-    port = free_port()
-    r.start(port)
-    r.base = f"http://127.0.0.1:{port}"
-    yield r
-    r.stop()
 
 
 @pytest.fixture(scope="module")

@@ -24,20 +24,10 @@ from orchestration.streams import ensure_secrets_bucket
 from orchestration.tenant_events import TenantEvents, WebhookEndpoints, event_id
 from orchestration.webhooks import parse_allow_list
 from schemas.tenant_webhooks import TenantEventInput, WebhookEndpointCreate
-from switchyard.processes import ROOT, free_port
+from switchyard.processes import ROOT
 from tests.conftest import OTHER_KEY, Stack
 from tests.eventually import eventually_async
 from tests.fakes.receiver import Receiver
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    r = Receiver()
-    port = free_port()
-    r.start(port)
-    r.base = f"http://127.0.0.1:{port}"
-    yield r
-    r.stop()
 
 
 def admin(stack: Stack, key: str | None = None) -> httpx.Client:

@@ -11,7 +11,6 @@ import httpx
 import openai
 import pytest
 
-from switchyard.processes import free_port
 from tests.conftest import MODEL
 from tests.eventually import eventually
 from tests.fakes.receiver import Receiver
@@ -19,16 +18,6 @@ from tests.jobclient import wait_finished
 
 CHAT = "/v1/chat/completions"
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    r = Receiver()
-    port = free_port()
-    r.start(port)
-    r.base = f"http://127.0.0.1:{port}"
-    yield r
-    r.stop()
 
 
 def create(http: httpx.Client, url: str, secret: str = SECRET) -> httpx.Response:
