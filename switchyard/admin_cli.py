@@ -55,12 +55,12 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
-async def _with_stores(fn: Callable[..., Awaitable[int]], need_limiter: bool = False) -> int:
+async def with_nats(fn: Callable[[Any, int], Awaitable[int]]) -> int:
+    """`fn(js, replicas)` on a connection to the NATS the environment names (SWITCHYARD_NATS_*);
+    2, said on stderr, when it names none that answers."""
     import nats
 
     from orchestration.natsconfig import auth_from_env, describe, replicas_from_env, servers_from_env
-    from gatekeeping.keystore import KeyStore
-    from gatekeeping.limits import Limiter
 
     try:
         servers = servers_from_env(os.environ)
@@ -83,15 +83,24 @@ async def _with_stores(fn: Callable[..., Awaitable[int]], need_limiter: bool = F
         print(f"error: cannot reach NATS at {describe(servers)} ({type(exc).__name__})", file=sys.stderr)
         return 2
     try:
-        js = nc.jetstream()
+        return await fn(nc.jetstream(), replicas)
+    finally:
+        await nc.close()
+
+
+async def _with_stores(fn: Callable[..., Awaitable[int]], need_limiter: bool = False) -> int:
+    from gatekeeping.keystore import KeyStore
+    from gatekeeping.limits import Limiter
+
+    async def stores(js: Any, replicas: int) -> int:
         store = await KeyStore.open(js, replicas=replicas)
         try:
             limiter = await Limiter.open(js, replicas=replicas) if need_limiter else None
             return await fn(store, limiter)
         finally:
             await store.close()
-    finally:
-        await nc.close()
+
+    return await with_nats(stores)
 
 
 def _run(fn: Callable[..., Awaitable[int]], need_limiter: bool = False) -> int:

@@ -22,39 +22,18 @@ import msgspec
 
 
 async def _with_endpoints(fn: Callable[[Any, Any], Awaitable[int]]) -> int:
-    import nats
-
     from gatekeeping.keystore import KeyStore
-    from orchestration.natsconfig import auth_from_env, describe, replicas_from_env, servers_from_env
     from orchestration.tenant_events import WebhookEndpoints
+    from switchyard.admin_cli import with_nats
 
-    try:
-        servers = servers_from_env(os.environ)
-        replicas = replicas_from_env(os.environ)
-        auth = auth_from_env(os.environ).connect_options()
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-    async def quiet(_exc: Exception) -> None:
-        return None
-
-    try:
-        nc = await asyncio.wait_for(nats.connect(servers=list(servers), connect_timeout=3, allow_reconnect=False,
-                                                 name="switchyard-cli", error_cb=quiet, **auth),
-                                    5 + 3 * (len(servers) - 1))
-    except Exception as exc:
-        print(f"error: cannot reach NATS at {describe(servers)} ({type(exc).__name__})", file=sys.stderr)
-        return 2
-    try:
-        js = nc.jetstream()
+    async def stores(js: Any, replicas: int) -> int:
         keys = await KeyStore.open(js, replicas=replicas)
         try:
             return await fn(keys, await WebhookEndpoints.open(js, replicas=replicas))
         finally:
             await keys.close()
-    finally:
-        await nc.close()
+
+    return await with_nats(stores)
 
 
 def _run(fn: Callable[[Any, Any], Awaitable[int]], tenant: str) -> int:
