@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from gatekeeping.auth import Principal, bearer_token, glob_covers
 from proxy.http.body import read_json_body
+from proxy.jobs.prepare import convert_request
 from proxy.http.cors import parse_origins
 from schemas.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from gatekeeping.keystore import key_view, tenant_view
@@ -77,13 +78,7 @@ def _tenant_for(p: Principal, request: Request, tenant: str | None) -> str:
 
 
 async def _body(request: Request, struct_type: type) -> Any:
-    raw = await read_json_body(request, _BODY_LIMIT)
-    try:
-        return msgspec.convert(raw, struct_type)
-    except msgspec.ValidationError as exc:
-        msg = str(exc)
-        param = msg.rsplit("at `$.", 1)[1].rstrip("`") if "at `$." in msg else None
-        raise InvalidRequest(f"Invalid request body: {msg}", param=param) from None
+    return convert_request(await read_json_body(request, _BODY_LIMIT), struct_type)
 
 
 # ---- tenants --------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from gatekeeping.auth import Principal
 from orchestration.fine_tuning_store import FineTuningStore
 from orchestration.training.config import TrainingConfig
 from proxy.http.body import read_json_body
+from proxy.jobs.prepare import convert_request
 from proxy.http.operations import error_responses, json_content, ok, parameter, schema_ref
 from proxy.runtime import Runtime
 from schemas.errors import InvalidRequest, NotFound, ServiceUnavailable
@@ -109,12 +110,7 @@ def _hyperparameters(spec: FineTuningJobCreate) -> Hyperparameters:
 async def create_job(request: Request) -> Response:
     rt, store, principal = await _context(request)
     raw = await read_json_body(request, 1024 * 1024)
-    try:
-        spec = msgspec.convert(raw, FineTuningJobCreate)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        param = text.rsplit("`$.", 1)[1].rstrip("`") if "`$." in text else None
-        raise InvalidRequest(f"Invalid fine-tuning job: {text.split(' - at ')[0]}", param=param) from None
+    spec = convert_request(raw, FineTuningJobCreate)
     require_scopes(principal, FINE_TUNING_ENDPOINT, spec.model)
     entry = rt.catalog.get(spec.model)
     if entry is None or getattr(entry, "tenant", "") not in ("", principal.tenant):

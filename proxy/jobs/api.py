@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from gatekeeping.auth import Principal
 from proxy.http.body import read_json_body
+from proxy.jobs.prepare import convert_request
 from proxy.jobs.render import ChunkWriter, terminal_error
 from schemas.errors import APIError, InvalidRequest, NotFound, ServiceUnavailable
 from schemas.resources import JobCreate, JobList, Webhook
@@ -56,11 +57,7 @@ def _job_json(view: JobView, status: int = 200, extra: dict[str, str] | None = N
 async def create_job(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     raw = await read_json_body(request, rt.settings.max_body_bytes)
-    try:
-        spec = msgspec.convert(raw, JobCreate)
-    except msgspec.ValidationError as exc:
-        param = str(exc).rsplit("`$.", 1)[1].rstrip("`") if "`$." in str(exc) else None
-        raise InvalidRequest(f"Invalid job: {str(exc).split(' - at ')[0]}", param=param) from None
+    spec = convert_request(raw, JobCreate)
     endpoint = creatable(spec.endpoint)
     prepare = endpoint.prepare
     assert prepare is not None
