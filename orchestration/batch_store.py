@@ -16,7 +16,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from orchestration.files import tenant_hash
-from orchestration.streams import ensure_kv
+from orchestration.streams import ensure_kv, kv_values
 from schemas.batches import TERMINAL, Batch, BatchList, BatchRecord
 from schemas.errors import NotFound
 
@@ -111,16 +111,5 @@ class BatchStore:
                          has_more=len(batches) > limit)
 
     async def _all(self, tenant: str) -> list[Batch]:
-        watcher = await self.kv.watch(f"{tenant_hash(tenant)}.>", ignore_deletes=True)
-        out: list[Batch] = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of what is stored
-                    break
-                if entry.value:
-                    record = _decoder.decode(entry.value)
-                    if record.tenant == tenant:
-                        out.append(record.batch)
-        finally:
-            await watcher.stop()
-        return out
+        return [r.batch for r in map(_decoder.decode, await kv_values(self.kv, tenant_hash(tenant)))
+                if r.tenant == tenant]

@@ -29,7 +29,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from orchestration.objectstore import FILES_PREFIX, ObjectNotFound, ObjectStore
-from orchestration.streams import ensure_kv
+from orchestration.streams import ensure_kv, kv_values
 from schemas.errors import InvalidRequest, NotFound, PayloadTooLarge
 from schemas.files import OUTPUT_PURPOSES, UPLOAD_PURPOSES, FileDeleted, FileList, FileObject, FileRecord
 
@@ -185,18 +185,8 @@ class FileStore:
                         has_more=len(files) > limit)
 
     async def _all(self, tenant: str) -> builtins.list[FileObject]:
-        watcher = await self.kv.watch(f"{tenant_hash(tenant)}.>", ignore_deletes=True)
-        records: builtins.list[FileRecord] = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of what is stored
-                    break
-                if entry.value:
-                    record = _record_decoder.decode(entry.value)
-                    if record.tenant == tenant:
-                        records.append(record)
-        finally:
-            await watcher.stop()
+        records = [r for r in map(_record_decoder.decode, await kv_values(self.kv, tenant_hash(tenant)))
+                   if r.tenant == tenant]
         live = []
         for record in records:
             if _expired(record.file):

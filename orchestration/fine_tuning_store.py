@@ -13,7 +13,7 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from orchestration.streams import _add_or_update, ensure_kv, patiently
+from orchestration.streams import _add_or_update, ensure_kv, kv_values, patiently
 from schemas.fine_tuning import (
     EVENT_SUBJECT_PREFIX,
     FINETUNE_BUCKET,
@@ -72,18 +72,8 @@ class FineTuningStore:
 
     async def list(self, tenant: str) -> list[JobRecord]:
         """The tenant's jobs, newest first."""
-        watcher = await self.kv.watch(f"{tenant_prefix(tenant)}.>", ignore_deletes=True)
-        records = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of what is stored
-                    break
-                if entry.value:
-                    record = _record.decode(entry.value)
-                    if record.tenant == tenant:
-                        records.append(record)
-        finally:
-            await watcher.stop()
+        records = [r for r in map(_record.decode, await kv_values(self.kv, tenant_prefix(tenant)))
+                   if r.tenant == tenant]
         return sorted(records, key=lambda r: (r.job.created_at, r.job.id), reverse=True)
 
     async def apply(self, update: JobUpdate) -> JobRecord:

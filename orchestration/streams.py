@@ -132,6 +132,21 @@ async def _ensure_kv_once(js: JetStreamContext, bucket: str, replicas: int, conf
     return kv
 
 
+async def kv_values(kv: KeyValue, prefix: str) -> list[bytes]:
+    """The stored values of the keys under `prefix.` (deleted ones left out), read once."""
+    watcher = await kv.watch(f"{prefix}.>", ignore_deletes=True)
+    out: list[bytes] = []
+    try:
+        async for entry in watcher:
+            if entry is None:  # the end of what is stored
+                break
+            if entry.value:
+                out.append(entry.value)
+    finally:
+        await watcher.stop()
+    return out
+
+
 async def last_event(js: JetStreamContext, job_id: str) -> JobEvent | None:
     try:
         msg = await js.get_last_msg(STREAM, job_subject(job_id), direct=True)
