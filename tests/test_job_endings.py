@@ -12,7 +12,7 @@ import httpx
 from tests.conftest import scenario
 from tests.eventually import eventually
 from tests.fakes.receiver import Receiver
-from tests.test_webhooks import SECRET, receiver  # noqa: F401 (the module's receiver fixture)
+from tests.test_webhooks import SECRET
 from tests.jobclient import read_events, wait_finished
 
 CHAT = "/v1/chat/completions"

@@ -21,7 +21,7 @@ from schemas.jobs import WebhookDelivery
 from tests.eventually import eventually_async
 from tests.fakes.receiver import Receiver, gzip_bomb
 from tests.jobclient import wait_finished
-from tests.test_webhooks import SECRET, create, receiver, wait_deliveries  # noqa: F401 (the receiver fixture)
+from tests.test_webhooks import SECRET, create, wait_deliveries
 
 DEADLINE_S = 1.5  # the unit tests' per-try deadline
 MIB = 1 << 20
